@@ -38,6 +38,7 @@ struct vimage {
     bool alloc_known;
     uint64_t alloc_bytes;        /* bytes of the disk that hold data */
     unsigned refs;
+    bool quiet;                  /* record problems without logging them */
 };
 
 /* Opens path (format probed) with its backing chain.  snap_index -1 for the
@@ -51,6 +52,9 @@ void vimage_unref(struct vimage *img);
 
 /* Which format a file is, without opening it: the driver or NULL. */
 const struct vfmt_driver *vimage_probe_file(const char *path, bool raw_fallback);
+/* True when a file is shown as an image: a format claims it, or its name
+ * ends in an image extension (so that a damaged one still gets its info). */
+bool vimage_is_candidate(const char *path, bool raw_fallback);
 
 const char *vimage_format(const struct vimage *img);
 size_t vimage_snapshot_count(const struct vimage *img);

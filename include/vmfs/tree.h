@@ -1,0 +1,54 @@
+/* vmfs — the tree: which files of SOURCE are images, the images opened for
+ * them (re-opened when the file changes), their rendered reports, and the
+ * names of snapshot files.
+ *
+ * Threads: every function may be called from any thread. */
+#ifndef VMFS_TREE_H
+#define VMFS_TREE_H
+
+#include <sys/stat.h>
+
+#include "vmfs/image.h"
+
+struct tree_opts {
+    char *source;             /* real path of SOURCE */
+    bool single_file;         /* SOURCE is one image file */
+    struct vopen_opts open;   /* root = the SOURCE directory */
+    unsigned max_open;        /* images kept open when unused */
+};
+
+/* An opened image (or snapshot view) with its reports, shared by users. */
+struct timg {
+    char *path;
+    long snap;
+    struct stat id;           /* the file as it was when opened */
+    uint64_t gen;             /* unique per opening: a new one means new bytes */
+    struct vimage *img;
+    char *text, *json;        /* rendered lazily, under the tree lock */
+    unsigned refs;
+    struct timg *prev, *next; /* the tree's list, most recently used first */
+};
+
+void tree_init(const struct tree_opts *o);
+const struct tree_opts *tree_options(void);
+void tree_shutdown(void);
+
+/* True when the file at path (with stat st) is shown as an image. */
+bool tree_is_image(const char *path, const struct stat *st);
+
+/* The image at path (snap -1: current state), opened or re-opened when the
+ * file changed since.  NULL when path is not an image (errno set).  The
+ * caller releases it with tree_put(). */
+struct timg *tree_get(const char *path, long snap);
+void tree_put(struct timg *t);
+
+/* The rendered info (json false) or info.json; valid while t is held. */
+const char *tree_report(struct timg *t, bool json, size_t *len);
+
+/* The file name of snapshot i: its name when that is unique and usable as
+ * a file name, else its ID.  malloc'ed. */
+char *tree_snapshot_name(struct vimage *img, size_t i);
+/* The snapshot index with that file name, or -1. */
+long tree_snapshot_find(struct vimage *img, const char *name);
+
+#endif

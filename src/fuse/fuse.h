@@ -1,0 +1,27 @@
+/* vmfs — the FUSE front end: options and the low-level operations.
+ *
+ * Threads: libfuse calls the operations from its worker threads; the inode
+ * table has its own lock, images are shared through the tree (tree.h). */
+#ifndef VMFS_FUSE_FUSE_H
+#define VMFS_FUSE_FUSE_H
+
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+
+#include "vmfs/tree.h"
+
+struct vmfs_config {
+    char *source;            /* as given */
+    char *mountpoint;
+    bool allow_external;
+    unsigned max_chain;
+    size_t cache_size;
+    double attr_timeout;     /* seconds the kernel may keep attributes */
+    bool direct_io;          /* serve disk reads without the page cache */
+};
+
+extern const struct fuse_lowlevel_ops vmfs_ops;
+void vmfs_ops_init(const struct vmfs_config *cfg);
+void vmfs_ops_shutdown(void);
+
+#endif

@@ -1,0 +1,245 @@
+/* vmfs — the daemon: command line, checks before daemonizing, the FUSE
+ * session.
+ *
+ *   vmfs [OPTIONS] SOURCE MOUNTPOINT
+ *
+ * Everything that can be wrong with the command line is found before the
+ * process daemonizes, and reported in one line on stderr. */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fuse/fuse.h"
+#include "vmfs/cache.h"
+
+struct cmdline {
+    char *source;
+    char *cache_size;
+    unsigned max_chain;
+    int allow_external;
+    int direct_io;
+    int show_help, show_version;
+    double attr_timeout;
+};
+
+#define VMFS_OPT(t, p, v) {t, offsetof(struct cmdline, p), v}
+static const struct fuse_opt vmfs_opts[] = {
+    VMFS_OPT("allow_external_backing", allow_external, 1),
+    VMFS_OPT("cache_size=%s", cache_size, 0),
+    VMFS_OPT("max_chain=%u", max_chain, 0),
+    VMFS_OPT("direct_io", direct_io, 1),
+    VMFS_OPT("attr_timeout=%lf", attr_timeout, 0),
+    VMFS_OPT("-h", show_help, 1),
+    VMFS_OPT("--help", show_help, 1),
+    VMFS_OPT("-V", show_version, 1),
+    VMFS_OPT("--version", show_version, 1),
+    FUSE_OPT_END,
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: vmfs [OPTIONS] SOURCE MOUNTPOINT\n"
+"\n"
+"Mounts SOURCE (a directory of disk images, or one image) read-only at\n"
+"MOUNTPOINT: every image NAME appears as the flat raw disk NAME and the\n"
+"directory NAME.d/ with info, info.json and snapshots/.\n"
+"Unmount with: fusermount3 -u MOUNTPOINT\n"
+"\n"
+"vmfs options:\n"
+"  -o allow_external_backing  open backing and data files outside SOURCE\n"
+"  -o cache_size=SIZE         metadata cache budget (K, M, G; default 32M)\n"
+"  -o max_chain=N             longest backing chain followed (default %d)\n"
+"  -o direct_io               serve disk reads without the kernel page cache\n"
+"  -o attr_timeout=SECONDS    how long the kernel keeps attributes (default 1)\n"
+"\n"
+"FUSE options:\n"
+"  -f                         stay in the foreground (log to stderr)\n"
+"  -d                         debug output (implies -f)\n"
+"  -s                         single-threaded\n"
+"  -o allow_other             let other users see the mount\n"
+"  -o max_threads=N           worker threads (default 10)\n"
+"  -h, --help                 this text\n"
+"  -V, --version              the version\n",
+            VMFS_DEFAULT_MAX_CHAIN);
+}
+
+static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+    struct cmdline *c = data;
+    if (key == FUSE_OPT_KEY_NONOPT && !c->source) {
+        c->source = xstrdup(arg);
+        return 0;
+    }
+    return 1;
+}
+
+/* "64M" → bytes; false when not a size. */
+static bool parse_size(const char *s, size_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s)
+        return false;
+    unsigned shift = 0;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    default: break;
+    }
+    if (*end == 'i' || *end == 'B')
+        end++;
+    if (*end == 'B')
+        end++;
+    if (*end || (shift && v > (SIZE_MAX >> shift)))
+        return false;
+    *out = (size_t)(v << shift);
+    return true;
+}
+
+VMFS_PRINTF(1, 2) static int fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("vmfs: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return 1;
+}
+
+/* SOURCE must exist; MOUNTPOINT must be an empty directory. */
+static int check_paths(const char *source, const char *mnt, bool *single)
+{
+    struct stat st;
+    if (stat(source, &st) < 0)
+        return fail("cannot use SOURCE %s: no such file or directory", source);
+    if (S_ISDIR(st.st_mode)) {
+        *single = false;
+        if (access(source, R_OK | X_OK) < 0)
+            return fail("cannot read SOURCE directory %s", source);
+    } else if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) {
+        *single = true;
+        if (access(source, R_OK) < 0)
+            return fail("cannot read SOURCE image %s", source);
+    } else {
+        return fail("SOURCE %s is neither a directory nor an image file", source);
+    }
+    if (stat(mnt, &st) < 0)
+        return fail("MOUNTPOINT %s does not exist", mnt);
+    if (!S_ISDIR(st.st_mode))
+        return fail("MOUNTPOINT %s is not a directory", mnt);
+    DIR *d = opendir(mnt);
+    if (!d)
+        return fail("cannot open MOUNTPOINT %s", mnt);
+    struct dirent *de;
+    bool empty = true;
+    while ((de = readdir(d)))
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+            empty = false;
+    closedir(d);
+    if (!empty)
+        return fail("MOUNTPOINT %s is not empty", mnt);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+    struct cmdline c = {.attr_timeout = 1.0};
+    if (fuse_opt_parse(&args, &c, vmfs_opts, opt_proc) < 0)
+        return 1;
+    if (c.show_help) {
+        usage(stdout);
+        return 0;
+    }
+    if (c.show_version) {
+        printf("vmfs %s (libfuse %s)\n", PACKAGE_VERSION, fuse_pkgversion());
+        return 0;
+    }
+    struct fuse_cmdline_opts fo;
+    if (fuse_parse_cmdline(&args, &fo) != 0)
+        return 1;      /* libfuse printed the reason */
+    if (!c.source || !fo.mountpoint) {
+        fprintf(stderr, "vmfs: usage: vmfs [OPTIONS] SOURCE MOUNTPOINT (see vmfs --help)\n");
+        return 1;
+    }
+    size_t cache = 32u << 20;
+    if (c.cache_size && !parse_size(c.cache_size, &cache))
+        return fail("bad cache_size '%s': expected a size such as 64M", c.cache_size);
+    bool single = false;
+    if (check_paths(c.source, fo.mountpoint, &single))
+        return 1;
+    char *real = realpath(c.source, NULL);
+    if (!real)
+        return fail("cannot resolve SOURCE %s", c.source);
+
+    vcache_set_budget(cache);
+    struct tree_opts to = {
+        .source = real,
+        .single_file = single,
+        .open = {.allow_external = c.allow_external, .max_chain = c.max_chain},
+    };
+    tree_init(&to);
+    struct vmfs_config cfg = {
+        .source = c.source,
+        .mountpoint = fo.mountpoint,
+        .allow_external = c.allow_external,
+        .max_chain = c.max_chain,
+        .cache_size = cache,
+        .attr_timeout = c.attr_timeout,
+        .direct_io = c.direct_io,
+    };
+    vmfs_ops_init(&cfg);
+    vmfs_log_set_debug(fo.debug);
+
+    /* Read-only at the kernel too; the name shows in mount listings. */
+    char *fsname = xasprintf("-ofsname=vmfs#%s,subtype=vmfs,ro,default_permissions", real);
+    fuse_opt_add_arg(&args, fsname);
+    free(fsname);
+
+    int ret = 1;
+    struct fuse_session *se = fuse_session_new(&args, &vmfs_ops, sizeof vmfs_ops, NULL);
+    if (!se)
+        goto out;
+    if (fuse_set_signal_handlers(se) != 0)
+        goto out_session;
+    if (fuse_session_mount(se, fo.mountpoint) != 0)
+        goto out_signals;
+    if (!fo.foreground)
+        vmfs_log_use_syslog("vmfs");
+    fuse_daemonize(fo.foreground);
+    if (fo.singlethread) {
+        ret = fuse_session_loop(se);
+    } else {
+        struct fuse_loop_config *lc = fuse_loop_cfg_create();
+        fuse_loop_cfg_set_clone_fd(lc, fo.clone_fd);
+        fuse_loop_cfg_set_idle_threads(lc, fo.max_idle_threads);
+        fuse_loop_cfg_set_max_threads(lc, fo.max_threads);
+        ret = fuse_session_loop_mt(se, lc);
+        fuse_loop_cfg_destroy(lc);
+    }
+    fuse_session_unmount(se);
+out_signals:
+    fuse_remove_signal_handlers(se);
+out_session:
+    fuse_session_destroy(se);
+out:
+    vmfs_ops_shutdown();
+    tree_shutdown();
+    free(real);
+    free(fo.mountpoint);
+    free(c.source);
+    free(c.cache_size);
+    fuse_opt_free_args(&args);
+    return ret ? 1 : 0;
+}

@@ -1,0 +1,808 @@
+/* vmfs — the low-level FUSE operations over an inode table.
+ *
+ * Every inode is a node: a directory of SOURCE, an image's flat file, its
+ * NAME.d/ directory, the info files, the snapshots/ directory.  Nodes are
+ * found by (parent, name) and live while the kernel holds a lookup count.
+ * Image nodes carry the image's path and snapshot index, never the opened
+ * image: that comes from the tree at open and getattr, so a changed file is
+ * re-read.  Reads go through the handle's image, with data clusters spliced
+ * straight from the image file. */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "fuse/fuse.h"
+#include "vmfs/image.h"
+
+enum nkind { N_DIR, N_DISK, N_DDIR, N_INFO, N_JSON, N_SNAPS };
+
+struct node {
+    uint64_t ino, parent;
+    char *name;
+    enum nkind kind;
+    char *path;              /* N_DIR: the directory; else the image file */
+    long snap;               /* -1: current state */
+    uint64_t nlookup;
+    uint64_t served_gen;     /* image generation whose bytes the kernel caches */
+    bool hashed;             /* findable by (parent, name) */
+    struct node *ino_next, *name_next;
+};
+
+static struct vmfs_config cfg;
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct node **by_ino, **by_name;
+static size_t nbuckets = 4096;
+static uint64_t next_ino = 2;
+
+/* ---- the inode table ---- */
+
+static size_t name_hash(uint64_t parent, const char *name)
+{
+    uint64_t h = parent * 0x9e3779b97f4a7c15ull;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        h = (h ^ *p) * 0x100000001b3ull;
+    return (size_t)(h % nbuckets);
+}
+
+static struct node *find_ino(uint64_t ino)
+{
+    for (struct node *n = by_ino[ino % nbuckets]; n; n = n->ino_next)
+        if (n->ino == ino)
+            return n;
+    return NULL;
+}
+
+static void unhash_name(struct node *n)
+{
+    if (!n->hashed)
+        return;
+    struct node **pp = &by_name[name_hash(n->parent, n->name)];
+    while (*pp && *pp != n)
+        pp = &(*pp)->name_next;
+    if (*pp)
+        *pp = n->name_next;
+    n->hashed = false;
+}
+
+static void node_free(struct node *n)
+{
+    struct node **pp = &by_ino[n->ino % nbuckets];
+    while (*pp && *pp != n)
+        pp = &(*pp)->ino_next;
+    if (*pp)
+        *pp = n->ino_next;
+    unhash_name(n);
+    free(n->name);
+    free(n->path);
+    free(n);
+}
+
+/* Copies what a node is, so operations can run without the table lock. */
+struct nodeinfo {
+    uint64_t ino;
+    enum nkind kind;
+    char *path;
+    long snap;
+};
+
+static bool get_node(uint64_t ino, struct nodeinfo *ni)
+{
+    pthread_mutex_lock(&table_lock);
+    struct node *n = find_ino(ino);
+    if (n) {
+        ni->ino = ino;
+        ni->kind = n->kind;
+        ni->path = xstrdup(n->path);
+        ni->snap = n->snap;
+    }
+    pthread_mutex_unlock(&table_lock);
+    return n != NULL;
+}
+
+/* The node for (parent, name) of this kind, created or re-used; its lookup
+ * count goes up by one.  Returns its inode number. */
+static uint64_t intern(uint64_t parent, const char *name, enum nkind kind,
+                       const char *path, long snap)
+{
+    pthread_mutex_lock(&table_lock);
+    size_t b = name_hash(parent, name);
+    struct node *n;
+    for (n = by_name[b]; n; n = n->name_next)
+        if (n->parent == parent && !strcmp(n->name, name))
+            break;
+    if (n && (n->kind != kind || n->snap != snap || strcmp(n->path, path))) {
+        unhash_name(n);       /* it is something else now: a new inode */
+        n = NULL;
+    }
+    if (!n) {
+        n = xcalloc(1, sizeof *n);
+        n->ino = next_ino++;
+        n->parent = parent;
+        n->name = xstrdup(name);
+        n->kind = kind;
+        n->path = xstrdup(path);
+        n->snap = snap;
+        n->hashed = true;
+        n->name_next = by_name[b];
+        by_name[b] = n;
+        n->ino_next = by_ino[n->ino % nbuckets];
+        by_ino[n->ino % nbuckets] = n;
+    }
+    n->nlookup++;
+    uint64_t ino = n->ino;
+    pthread_mutex_unlock(&table_lock);
+    return ino;
+}
+
+static void forget_one(uint64_t ino, uint64_t nlookup)
+{
+    if (ino == FUSE_ROOT_ID)
+        return;
+    pthread_mutex_lock(&table_lock);
+    struct node *n = find_ino(ino);
+    if (n) {
+        n->nlookup = n->nlookup > nlookup ? n->nlookup - nlookup : 0;
+        if (n->nlookup == 0)
+            node_free(n);
+    }
+    pthread_mutex_unlock(&table_lock);
+}
+
+/* ---- what a node is ---- */
+
+static const char *base_name(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+static bool ends_with_d(const char *name)
+{
+    size_t n = strlen(name);
+    return n > 2 && !strcmp(name + n - 2, ".d");
+}
+
+/* Fills st for a node; for image nodes t is the held image. */
+static void fill_attr(struct stat *st, uint64_t ino, enum nkind kind, const struct stat *src,
+                      struct timg *t)
+{
+    memset(st, 0, sizeof *st);
+    st->st_ino = ino;
+    st->st_uid = src->st_uid;
+    st->st_gid = src->st_gid;
+    st->st_atim = src->st_atim;
+    st->st_mtim = src->st_mtim;
+    st->st_ctim = src->st_ctim;
+    st->st_blksize = 4096;
+    switch (kind) {
+    case N_DIR:
+    case N_DDIR:
+    case N_SNAPS:
+        st->st_mode = S_IFDIR | 0555;
+        st->st_nlink = 2;
+        break;
+    case N_DISK:
+        st->st_mode = S_IFREG | 0444;
+        st->st_nlink = 1;
+        st->st_size = (off_t)t->img->size;
+        st->st_blocks = (blkcnt_t)((vimage_allocated(t->img) + 511) / 512);
+        if (t->snap >= 0) {
+            const struct vsnap *s = vimage_snapshot(t->img, (size_t)t->snap);
+            if (s) {
+                st->st_mtim.tv_sec = s->date_sec;
+                st->st_mtim.tv_nsec = s->date_nsec;
+            }
+        }
+        break;
+    case N_INFO:
+    case N_JSON: {
+        size_t len;
+        tree_report(t, kind == N_JSON, &len);
+        st->st_mode = S_IFREG | 0444;
+        st->st_nlink = 1;
+        st->st_size = (off_t)len;
+        st->st_blocks = (blkcnt_t)((len + 511) / 512);
+        break;
+    }
+    }
+}
+
+static bool kind_has_image(enum nkind k) { return k != N_DIR; }
+
+/* Attributes of a node described by (kind, path, snap). */
+static int node_attr(uint64_t ino, enum nkind kind, const char *path, long snap,
+                     struct stat *st)
+{
+    struct stat src;
+    if (stat(path, &src) < 0)
+        return -errno;
+    if (kind == N_DIR) {
+        if (!S_ISDIR(src.st_mode) && !tree_options()->single_file)
+            return -ENOENT;
+        fill_attr(st, ino, kind, &src, NULL);
+        return 0;
+    }
+    struct timg *t = tree_get(path, snap);
+    if (!t)
+        return -ENOENT;
+    fill_attr(st, ino, kind, &src, t);
+    tree_put(t);
+    return 0;
+}
+
+/* Decides what name is inside a node: returns 0 and fills the child's
+ * (kind, path, snap), or a negative errno. */
+static int child_of(const struct nodeinfo *p, const char *name, enum nkind *kind,
+                    char **path, long *snap)
+{
+    *snap = -1;
+    if (!strcmp(name, ".") || !strcmp(name, ".."))
+        return -ENOENT;
+    if (p->kind == N_DIR) {
+        const struct tree_opts *to = tree_options();
+        if (to->single_file) {
+            const char *base = base_name(to->source);
+            if (!strcmp(name, base)) {
+                *kind = N_DISK;
+            } else if (ends_with_d(name) && strlen(name) == strlen(base) + 2 &&
+                       !strncmp(name, base, strlen(base))) {
+                *kind = N_DDIR;
+            } else {
+                return -ENOENT;
+            }
+            *path = xstrdup(to->source);
+            return 0;
+        }
+        char *full = xasprintf("%s/%s", p->path, name);
+        struct stat st;
+        if (stat(full, &st) == 0) {
+            if (S_ISDIR(st.st_mode)) {
+                *kind = N_DIR;
+                *path = full;
+                return 0;
+            }
+            if (tree_is_image(full, &st)) {
+                *kind = N_DISK;
+                *path = full;
+                return 0;
+            }
+        }
+        if (ends_with_d(name)) {
+            full[strlen(full) - 2] = 0;
+            if (stat(full, &st) == 0 && tree_is_image(full, &st)) {
+                *kind = N_DDIR;
+                *path = full;
+                return 0;
+            }
+        }
+        free(full);
+        return -ENOENT;
+    }
+    if (p->kind == N_DDIR) {
+        if (!strcmp(name, "info"))
+            *kind = N_INFO;
+        else if (!strcmp(name, "info.json"))
+            *kind = N_JSON;
+        else if (!strcmp(name, "snapshots") && p->snap < 0)
+            *kind = N_SNAPS;
+        else
+            return -ENOENT;
+        *snap = p->snap;
+        if (*kind == N_SNAPS) {
+            struct timg *t = tree_get(p->path, -1);
+            size_t n = t ? vimage_snapshot_count(t->img) : 0;
+            tree_put(t);
+            if (n == 0)
+                return -ENOENT;
+        }
+        *path = xstrdup(p->path);
+        return 0;
+    }
+    if (p->kind == N_SNAPS) {
+        struct timg *t = tree_get(p->path, -1);
+        if (!t)
+            return -ENOENT;
+        long i = tree_snapshot_find(t->img, name);
+        *kind = N_DISK;
+        if (i < 0 && ends_with_d(name)) {
+            char *stem = xstrdup(name);
+            stem[strlen(stem) - 2] = 0;
+            i = tree_snapshot_find(t->img, stem);
+            free(stem);
+            *kind = N_DDIR;
+        }
+        tree_put(t);
+        if (i < 0)
+            return -ENOENT;
+        *snap = i;
+        *path = xstrdup(p->path);
+        return 0;
+    }
+    return -ENOTDIR;
+}
+
+/* ---- operations ---- */
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+    if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+        conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+    conn->want &= ~(unsigned)FUSE_CAP_SPLICE_READ;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct nodeinfo p;
+    if (!get_node(parent, &p)) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    enum nkind kind;
+    char *path = NULL;
+    long snap;
+    int r = child_of(&p, name, &kind, &path, &snap);
+    free(p.path);
+    struct fuse_entry_param e;
+    memset(&e, 0, sizeof e);
+    if (r == 0)
+        r = node_attr(0, kind, path, snap, &e.attr);
+    if (r < 0) {
+        free(path);
+        fuse_reply_err(req, -r);
+        return;
+    }
+    e.ino = intern(parent, name, kind, path, snap);
+    e.attr.st_ino = e.ino;
+    e.attr_timeout = cfg.attr_timeout;
+    e.entry_timeout = cfg.attr_timeout;
+    free(path);
+    if (fuse_reply_entry(req, &e) != 0)
+        forget_one(e.ino, 1);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+    forget_one(ino, nlookup);
+    fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *list)
+{
+    for (size_t i = 0; i < count; i++)
+        forget_one(list[i].ino, list[i].nlookup);
+    fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct nodeinfo n;
+    if (!get_node(ino, &n)) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    struct stat st;
+    int r = node_attr(ino, n.kind, n.path, n.snap, &st);
+    free(n.path);
+    if (r < 0)
+        fuse_reply_err(req, -r);
+    else
+        fuse_reply_attr(req, &st, cfg.attr_timeout);
+}
+
+/* An open file: the image it reads, held for the handle's life. */
+struct handle {
+    enum nkind kind;
+    struct timg *t;
+};
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    struct nodeinfo n;
+    if (!get_node(ino, &n)) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    if (!kind_has_image(n.kind) || n.kind == N_DDIR || n.kind == N_SNAPS) {
+        free(n.path);
+        fuse_reply_err(req, EISDIR);
+        return;
+    }
+    struct timg *t = tree_get(n.path, n.snap);
+    free(n.path);
+    if (!t) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    struct handle *h = xcalloc(1, sizeof *h);
+    h->kind = n.kind;
+    h->t = t;
+    fi->fh = (uint64_t)(uintptr_t)h;
+    /* The kernel may keep cached pages only while they are of this very
+     * opening of the image. */
+    pthread_mutex_lock(&table_lock);
+    struct node *nd = find_ino(ino);
+    fi->keep_cache = nd && nd->served_gen == t->gen;
+    if (nd)
+        nd->served_gen = t->gen;
+    pthread_mutex_unlock(&table_lock);
+    if (n.kind == N_DISK && cfg.direct_io)
+        fi->direct_io = 1;
+    if (fuse_reply_open(req, fi) != 0) {
+        tree_put(t);
+        free(h);
+    }
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+    tree_put(h->t);
+    free(h);
+    fuse_reply_err(req, 0);
+}
+
+static void read_disk(fuse_req_t req, struct vimage *img, size_t size, off_t off)
+{
+    if ((uint64_t)off >= img->size) {
+        fuse_reply_buf(req, NULL, 0);
+        return;
+    }
+    size = (size_t)VMFS_MIN((uint64_t)size, img->size - (uint64_t)off);
+    struct vplan plan;
+    int r = vimage_plan(img, (uint64_t)off, size, &plan);
+    if (r < 0) {
+        vplan_free(&plan);
+        fuse_reply_err(req, -r);
+        return;
+    }
+    struct fuse_bufvec *bv = xcalloc(1, sizeof *bv + plan.nsegs * sizeof bv->buf[0]);
+    bv->count = plan.nsegs;
+    for (size_t i = 0; i < plan.nsegs; i++) {
+        struct fuse_buf *b = &bv->buf[i];
+        b->size = plan.segs[i].len;
+        if (plan.segs[i].fd >= 0) {
+            b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
+            b->fd = plan.segs[i].fd;
+            b->pos = (off_t)plan.segs[i].fd_off;
+        } else {
+            b->mem = plan.segs[i].mem;
+        }
+    }
+    fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
+    free(bv);
+    vplan_free(&plan);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+    struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+    if (h->kind == N_DISK) {
+        read_disk(req, h->t->img, size, off);
+        return;
+    }
+    size_t len;
+    const char *s = tree_report(h->t, h->kind == N_JSON, &len);
+    if ((uint64_t)off >= len)
+        fuse_reply_buf(req, NULL, 0);
+    else
+        fuse_reply_buf(req, s + off, VMFS_MIN(size, len - (size_t)off));
+}
+
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+                     struct fuse_file_info *fi)
+{
+    struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+    if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+        fuse_reply_err(req, EINVAL);
+        return;
+    }
+    uint64_t size;
+    if (h->kind == N_DISK) {
+        size = h->t->img->size;
+    } else {
+        size_t len;
+        tree_report(h->t, h->kind == N_JSON, &len);
+        size = len;
+    }
+    if (off < 0 || (uint64_t)off >= size) {
+        fuse_reply_err(req, ENXIO);
+        return;
+    }
+    uint64_t pos = (uint64_t)off;
+    if (h->kind != N_DISK) {
+        fuse_reply_lseek(req, whence == SEEK_DATA ? off : (off_t)size);
+        return;
+    }
+    while (pos < size) {
+        bool data;
+        uint64_t len;
+        int r = vimage_extent(h->t->img, pos, &data, &len);
+        if (r < 0) {
+            fuse_reply_err(req, -r);
+            return;
+        }
+        if (data == (whence == SEEK_DATA)) {
+            fuse_reply_lseek(req, (off_t)pos);
+            return;
+        }
+        pos += len;
+    }
+    if (whence == SEEK_HOLE)
+        fuse_reply_lseek(req, (off_t)size);
+    else
+        fuse_reply_err(req, ENXIO);
+}
+
+/* ---- directories ---- */
+
+struct dentry {
+    char *name;
+    mode_t type;
+};
+
+struct dirlist {
+    struct dentry *e;
+    size_t n, cap;
+};
+
+static void dl_add(struct dirlist *d, const char *name, mode_t type)
+{
+    if (d->n == d->cap) {
+        d->cap = d->cap ? d->cap * 2 : 16;
+        d->e = xrealloc(d->e, d->cap * sizeof *d->e);
+    }
+    d->e[d->n].name = xstrdup(name);
+    d->e[d->n].type = type;
+    d->n++;
+}
+
+static void dl_free(struct dirlist *d)
+{
+    for (size_t i = 0; i < d->n; i++)
+        free(d->e[i].name);
+    free(d->e);
+    free(d);
+}
+
+static int list_srcdir(const char *path, struct dirlist *d)
+{
+    const struct tree_opts *to = tree_options();
+    if (to->single_file) {
+        const char *base = base_name(to->source);
+        dl_add(d, base, S_IFREG);
+        char *dn = xasprintf("%s.d", base);
+        dl_add(d, dn, S_IFDIR);
+        free(dn);
+        return 0;
+    }
+    DIR *dir = opendir(path);
+    if (!dir)
+        return -errno;
+    struct dirent *de;
+    while ((de = readdir(dir))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        char *full = xasprintf("%s/%s", path, de->d_name);
+        struct stat st;
+        if (stat(full, &st) == 0) {
+            if (S_ISDIR(st.st_mode)) {
+                dl_add(d, de->d_name, S_IFDIR);
+            } else if (tree_is_image(full, &st)) {
+                dl_add(d, de->d_name, S_IFREG);
+                char *dn = xasprintf("%s.d", de->d_name);
+                dl_add(d, dn, S_IFDIR);
+                free(dn);
+            }
+        }
+        free(full);
+    }
+    closedir(dir);
+    return 0;
+}
+
+static int list_node(const struct nodeinfo *n, struct dirlist *d)
+{
+    dl_add(d, ".", S_IFDIR);
+    dl_add(d, "..", S_IFDIR);
+    if (n->kind == N_DIR)
+        return list_srcdir(n->path, d);
+    struct timg *t = tree_get(n->path, n->kind == N_SNAPS ? -1 : n->snap);
+    if (!t)
+        return -ENOENT;
+    if (n->kind == N_DDIR) {
+        dl_add(d, "info", S_IFREG);
+        dl_add(d, "info.json", S_IFREG);
+        if (n->snap < 0 && vimage_snapshot_count(t->img) > 0)
+            dl_add(d, "snapshots", S_IFDIR);
+    } else if (n->kind == N_SNAPS) {
+        size_t cnt = vimage_snapshot_count(t->img);
+        for (size_t i = 0; i < cnt; i++) {
+            char *name = tree_snapshot_name(t->img, i);
+            char *dn = xasprintf("%s.d", name);
+            dl_add(d, name, S_IFREG);
+            dl_add(d, dn, S_IFDIR);
+            free(name);
+            free(dn);
+        }
+    }
+    tree_put(t);
+    return 0;
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct nodeinfo n;
+    if (!get_node(ino, &n)) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    if (n.kind != N_DIR && n.kind != N_DDIR && n.kind != N_SNAPS) {
+        free(n.path);
+        fuse_reply_err(req, ENOTDIR);
+        return;
+    }
+    struct dirlist *d = xcalloc(1, sizeof *d);
+    int r = list_node(&n, d);
+    free(n.path);
+    if (r < 0) {
+        dl_free(d);
+        fuse_reply_err(req, -r);
+        return;
+    }
+    fi->fh = (uint64_t)(uintptr_t)d;
+    if (fuse_reply_open(req, fi) != 0)
+        dl_free(d);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                       struct fuse_file_info *fi)
+{
+    struct dirlist *d = (struct dirlist *)(uintptr_t)fi->fh;
+    char *buf = xmalloc(size);
+    size_t used = 0;
+    for (size_t i = (size_t)off; i < d->n; i++) {
+        /* d_ino 0 entries are skipped by readdir(3): give each a number
+         * (advisory: lookup assigns the real inode). */
+        struct stat st = {.st_ino = (ino_t)(name_hash(ino, d->e[i].name) + 2),
+                          .st_mode = d->e[i].type};
+        size_t need = fuse_add_direntry(req, buf + used, size - used, d->e[i].name, &st,
+                                        (off_t)(i + 1));
+        if (need > size - used)
+            break;
+        used += need;
+    }
+    fuse_reply_buf(req, buf, used);
+    free(buf);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    dl_free((struct dirlist *)(uintptr_t)fi->fh);
+    fuse_reply_err(req, 0);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+    struct statvfs sv;
+    memset(&sv, 0, sizeof sv);
+    if (statvfs(tree_options()->source, &sv) < 0)
+        memset(&sv, 0, sizeof sv);
+    sv.f_bfree = sv.f_bavail = 0;
+    sv.f_ffree = sv.f_favail = 0;
+    sv.f_namemax = 255;
+    sv.f_flag |= ST_RDONLY;
+    fuse_reply_statfs(req, &sv);
+}
+
+/* ---- everything that would write ---- */
+
+static void erofs(fuse_req_t req) { fuse_reply_err(req, EROFS); }
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+                       struct fuse_file_info *fi)
+{
+    erofs(req);
+}
+static void op_mknod(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, dev_t r) { erofs(req); }
+static void op_mkdir(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m) { erofs(req); }
+static void op_unlink(fuse_req_t req, fuse_ino_t p, const char *n) { erofs(req); }
+static void op_symlink(fuse_req_t req, const char *l, fuse_ino_t p, const char *n) { erofs(req); }
+static void op_rename(fuse_req_t req, fuse_ino_t p, const char *n, fuse_ino_t np,
+                      const char *nn, unsigned int flags)
+{
+    erofs(req);
+}
+static void op_link(fuse_req_t req, fuse_ino_t i, fuse_ino_t np, const char *nn) { erofs(req); }
+static void op_write(fuse_req_t req, fuse_ino_t i, const char *b, size_t s, off_t o,
+                     struct fuse_file_info *fi)
+{
+    erofs(req);
+}
+static void op_create(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m,
+                      struct fuse_file_info *fi)
+{
+    erofs(req);
+}
+static void op_fallocate(fuse_req_t req, fuse_ino_t i, int mode, off_t o, off_t l,
+                         struct fuse_file_info *fi)
+{
+    erofs(req);
+}
+static void op_setxattr(fuse_req_t req, fuse_ino_t i, const char *n, const char *v,
+                        size_t s, int f)
+{
+    erofs(req);
+}
+static void op_removexattr(fuse_req_t req, fuse_ino_t i, const char *n) { erofs(req); }
+
+const struct fuse_lowlevel_ops vmfs_ops = {
+    .init = op_init,
+    .lookup = op_lookup,
+    .forget = op_forget,
+    .forget_multi = op_forget_multi,
+    .getattr = op_getattr,
+    .open = op_open,
+    .read = op_read,
+    .release = op_release,
+    .lseek = op_lseek,
+    .opendir = op_opendir,
+    .readdir = op_readdir,
+    .releasedir = op_releasedir,
+    .statfs = op_statfs,
+    .setattr = op_setattr,
+    .mknod = op_mknod,
+    .mkdir = op_mkdir,
+    .unlink = op_unlink,
+    .rmdir = op_unlink,
+    .symlink = op_symlink,
+    .rename = op_rename,
+    .link = op_link,
+    .write = op_write,
+    .create = op_create,
+    .fallocate = op_fallocate,
+    .setxattr = op_setxattr,
+    .removexattr = op_removexattr,
+};
+
+void vmfs_ops_init(const struct vmfs_config *c)
+{
+    cfg = *c;
+    by_ino = xcalloc(nbuckets, sizeof *by_ino);
+    by_name = xcalloc(nbuckets, sizeof *by_name);
+    const struct tree_opts *to = tree_options();
+    struct node *root = xcalloc(1, sizeof *root);
+    root->ino = FUSE_ROOT_ID;
+    root->name = xstrdup("/");
+    root->kind = N_DIR;
+    root->path = xstrdup(to->source);
+    root->snap = -1;
+    root->nlookup = 1;
+    by_ino[root->ino % nbuckets] = root;
+}
+
+void vmfs_ops_shutdown(void)
+{
+    for (size_t i = 0; i < nbuckets; i++) {
+        struct node *n = by_ino[i];
+        while (n) {
+            struct node *next = n->ino_next;
+            free(n->name);
+            free(n->path);
+            free(n);
+            n = next;
+        }
+    }
+    free(by_ino);
+    free(by_name);
+}

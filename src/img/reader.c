@@ -1,0 +1,213 @@
+/* vmfs — the generic reader: runs from the drivers, walked down the backing
+ * chain, turned into reads, splice plans, holes and allocation figures. */
+#include "config.h"
+
+#include <errno.h>
+
+#include "vmfs/image.h"
+
+/* The first run of [off, off + len) as seen through the chain: never
+ * VRUN_BACKING.  *li is the layer that answered (for VRUN_DECODE). */
+static int resolve(struct vimage *img, uint64_t off, uint64_t len, struct vrun *run,
+                   size_t *li)
+{
+    for (size_t i = 0; i < img->nlayers; i++) {
+        struct vlayer *l = img->layers[i];
+        if (off >= l->size) {          /* past a shorter backing file */
+            run->kind = VRUN_ZERO;
+            run->len = len;
+            return 0;
+        }
+        len = VMFS_MIN(len, l->size - off);
+        int r = l->drv->map(l, off, len, run);
+        if (r < 0)
+            return r;
+        if (run->len == 0 || run->len > len) {
+            vlayer_problem(l, "internal error: bad run length at offset %llu",
+                           (unsigned long long)off);
+            run->kind = VRUN_ERROR;
+            run->err = EIO;
+            run->len = len;
+        }
+        if (run->kind == VRUN_DATA && !range_in(run->src_off, run->len, run->src->size)) {
+            vlayer_problem(l, "data at offset %llu lies outside %s",
+                           (unsigned long long)run->src_off, run->src->name);
+            run->kind = VRUN_ERROR;
+            run->err = EIO;
+        }
+        if (run->kind != VRUN_BACKING) {
+            *li = i;
+            return 0;
+        }
+        len = run->len;
+    }
+    run->len = len;
+    if (img->chain_broken) {
+        run->kind = VRUN_ERROR;
+        run->err = EIO;
+    } else {
+        run->kind = VRUN_ZERO;
+    }
+    *li = 0;
+    return 0;
+}
+
+static int check_range(struct vimage *img, uint64_t off, size_t len)
+{
+    if (img->top_failed || img->nlayers == 0)
+        return -EIO;
+    if (!range_in(off, len, img->size))
+        return -EINVAL;
+    return 0;
+}
+
+int vimage_read(struct vimage *img, void *buf, size_t len, uint64_t off)
+{
+    int r = check_range(img, off, len);
+    if (r < 0)
+        return r;
+    char *p = buf;
+    while (len > 0) {
+        struct vrun run;
+        size_t li;
+        r = resolve(img, off, len, &run, &li);
+        if (r < 0)
+            return r;
+        size_t n = (size_t)run.len;
+        switch (run.kind) {
+        case VRUN_DATA:
+            r = vsrc_pread(run.src, p, n, run.src_off);
+            break;
+        case VRUN_ZERO:
+            memset(p, 0, n);
+            break;
+        case VRUN_DECODE:
+            r = img->layers[li]->drv->decode(img->layers[li], p, n, off);
+            break;
+        default:
+            r = -(run.err ? run.err : EIO);
+            break;
+        }
+        if (r < 0)
+            return r;
+        p += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static struct vseg *plan_add(struct vplan *plan)
+{
+    if (plan->nsegs == plan->cap) {
+        plan->cap = plan->cap ? plan->cap * 2 : 8;
+        plan->segs = xrealloc(plan->segs, plan->cap * sizeof *plan->segs);
+    }
+    return &plan->segs[plan->nsegs++];
+}
+
+int vimage_plan(struct vimage *img, uint64_t off, size_t len, struct vplan *plan)
+{
+    memset(plan, 0, sizeof *plan);
+    int r = check_range(img, off, len);
+    if (r < 0)
+        return r;
+    size_t pos = 0;
+    while (pos < len) {
+        struct vrun run;
+        size_t li;
+        r = resolve(img, off + pos, len - pos, &run, &li);
+        if (r < 0)
+            return r;
+        size_t n = (size_t)run.len;
+        if (run.kind == VRUN_ERROR)
+            return -(run.err ? run.err : EIO);
+        if (run.kind == VRUN_DATA && run.src->fd >= 0) {
+            struct vseg *last = plan->nsegs ? &plan->segs[plan->nsegs - 1] : NULL;
+            if (last && last->fd == run.src->fd && last->fd_off + last->len == run.src_off) {
+                last->len += n;
+            } else {
+                struct vseg *s = plan_add(plan);
+                *s = (struct vseg){.fd = run.src->fd, .fd_off = run.src_off, .len = n};
+            }
+            pos += n;
+            continue;
+        }
+        if (!plan->buf)
+            plan->buf = xmalloc(len);
+        char *p = (char *)plan->buf + pos;
+        if (run.kind == VRUN_DATA)
+            r = vsrc_pread(run.src, p, n, run.src_off);
+        else if (run.kind == VRUN_ZERO)
+            memset(p, 0, n);
+        else
+            r = img->layers[li]->drv->decode(img->layers[li], p, n, off + pos);
+        if (r < 0)
+            return r;
+        struct vseg *last = plan->nsegs ? &plan->segs[plan->nsegs - 1] : NULL;
+        if (last && last->fd < 0 && (char *)last->mem + last->len == p) {
+            last->len += n;
+        } else {
+            struct vseg *s = plan_add(plan);
+            *s = (struct vseg){.fd = -1, .mem = p, .len = n};
+        }
+        pos += n;
+    }
+    return 0;
+}
+
+void vplan_free(struct vplan *plan)
+{
+    free(plan->segs);
+    free(plan->buf);
+    memset(plan, 0, sizeof *plan);
+}
+
+static bool run_is_data(const struct vrun *run) { return run->kind != VRUN_ZERO; }
+
+int vimage_extent(struct vimage *img, uint64_t off, bool *data, uint64_t *len)
+{
+    if (img->top_failed || img->nlayers == 0 || off >= img->size)
+        return -ENXIO;
+    struct vrun run;
+    size_t li;
+    int r = resolve(img, off, img->size - off, &run, &li);
+    if (r < 0)
+        return r;
+    *data = run_is_data(&run);
+    uint64_t total = run.len;
+    while (off + total < img->size) {
+        r = resolve(img, off + total, img->size - off - total, &run, &li);
+        if (r < 0 || run_is_data(&run) != *data)
+            break;
+        total += run.len;
+    }
+    *len = total;
+    return 0;
+}
+
+uint64_t vimage_allocated(struct vimage *img)
+{
+    pthread_mutex_lock(&img->lock);
+    bool known = img->alloc_known;
+    uint64_t bytes = img->alloc_bytes;
+    pthread_mutex_unlock(&img->lock);
+    if (known)
+        return bytes;
+    bytes = 0;
+    uint64_t off = 0;
+    while (off < img->size) {
+        bool data;
+        uint64_t len;
+        if (vimage_extent(img, off, &data, &len) < 0)
+            break;
+        if (data)
+            bytes += len;
+        off += len;
+    }
+    pthread_mutex_lock(&img->lock);
+    img->alloc_bytes = bytes;
+    img->alloc_known = true;
+    pthread_mutex_unlock(&img->lock);
+    return bytes;
+}

@@ -1,0 +1,272 @@
+/* vmfs — images of SOURCE as the tree sees them: opened on demand, kept in
+ * a small most-recently-used list, re-opened when the file changes. */
+#include "config.h"
+
+#include <errno.h>
+#include <pthread.h>
+
+#include "vmfs/report.h"
+#include "vmfs/tree.h"
+
+static struct tree_opts opts;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static struct timg *head;        /* most recently used first */
+static unsigned count;
+static uint64_t next_gen = 1;
+
+void tree_init(const struct tree_opts *o)
+{
+    opts = *o;
+    opts.open.root = opts.source;
+    if (opts.single_file) {
+        /* A single image: its directory is where relative names resolve,
+         * and what counts as inside SOURCE. */
+        char *dir = xstrdup(opts.source);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir)
+            *slash = 0;
+        else
+            strcpy(dir, "/");
+        opts.open.root = dir;
+    }
+    if (!opts.max_open)
+        opts.max_open = 64;
+}
+
+const struct tree_opts *tree_options(void) { return &opts; }
+
+bool tree_is_image(const char *path, const struct stat *st)
+{
+    if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
+        return false;
+    return vimage_is_candidate(path, opts.single_file);
+}
+
+static void timg_free(struct timg *t)
+{
+    vimage_unref(t->img);
+    free(t->path);
+    free(t->text);
+    free(t->json);
+    free(t);
+}
+
+static void unlink_timg(struct timg *t)
+{
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        head = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    t->prev = t->next = NULL;
+    count--;
+}
+
+static void push_timg(struct timg *t)
+{
+    t->prev = NULL;
+    t->next = head;
+    if (head)
+        head->prev = t;
+    head = t;
+    count++;
+}
+
+static bool same_id(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* Drops unused images beyond the limit, oldest first.  Called locked;
+ * returns the list of images to free outside the lock. */
+static struct timg *trim(void)
+{
+    struct timg *dead = NULL, *t = head;
+    while (t && t->next)
+        t = t->next;
+    while (t && count > opts.max_open) {
+        struct timg *prev = t->prev;
+        if (t->refs == 0) {
+            unlink_timg(t);
+            t->next = dead;
+            dead = t;
+        }
+        t = prev;
+    }
+    return dead;
+}
+
+static void free_list(struct timg *t)
+{
+    while (t) {
+        struct timg *n = t->next;
+        timg_free(t);
+        t = n;
+    }
+}
+
+struct timg *tree_get(const char *path, long snap)
+{
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return NULL;
+    struct timg *stale = NULL;
+    pthread_mutex_lock(&lock);
+    for (struct timg *t = head; t; t = t->next) {
+        if (t->snap != snap || strcmp(t->path, path))
+            continue;
+        if (same_id(&t->id, &st)) {
+            t->refs++;
+            unlink_timg(t);
+            push_timg(t);
+            pthread_mutex_unlock(&lock);
+            return t;
+        }
+        /* Changed on disk: forget it; users still holding it keep theirs. */
+        unlink_timg(t);
+        if (t->refs == 0) {
+            t->next = stale;
+            stale = t;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&lock);
+    free_list(stale);
+
+    if (!tree_is_image(path, &st)) {
+        errno = ENOENT;
+        return NULL;
+    }
+    struct vimage *img = vimage_open(path, &opts.open, snap, opts.single_file);
+    if (!img) {
+        errno = ENOENT;
+        return NULL;
+    }
+    struct timg *t = xcalloc(1, sizeof *t);
+    t->path = xstrdup(path);
+    t->snap = snap;
+    t->id = st;
+    t->img = img;
+    t->refs = 1;
+    pthread_mutex_lock(&lock);
+    t->gen = next_gen++;
+    push_timg(t);
+    struct timg *dead = trim();
+    pthread_mutex_unlock(&lock);
+    free_list(dead);
+    return t;
+}
+
+void tree_put(struct timg *t)
+{
+    if (!t)
+        return;
+    pthread_mutex_lock(&lock);
+    bool orphan = --t->refs == 0 && !t->prev && head != t;
+    struct timg *dead = trim();
+    pthread_mutex_unlock(&lock);
+    if (orphan)
+        timg_free(t);
+    free_list(dead);
+}
+
+static void render(struct timg *t)
+{
+    struct rep *r = rep_new_object();
+    vimage_report(t->img, r);
+    char *text = rep_to_text(r);
+    char *json = rep_to_json(r);
+    rep_free(r);
+    pthread_mutex_lock(&lock);
+    if (!t->text) {
+        t->text = text;
+        t->json = json;
+        text = json = NULL;
+    }
+    pthread_mutex_unlock(&lock);
+    free(text);
+    free(json);
+}
+
+const char *tree_report(struct timg *t, bool json, size_t *len)
+{
+    pthread_mutex_lock(&lock);
+    bool have = t->text != NULL;
+    pthread_mutex_unlock(&lock);
+    if (!have)
+        render(t);
+    const char *s = json ? t->json : t->text;
+    *len = strlen(s);
+    return s;
+}
+
+static bool usable_name(const char *s)
+{
+    if (!s || !*s || !strcmp(s, ".") || !strcmp(s, ".."))
+        return false;
+    if (strlen(s) > 250 || strchr(s, '/'))
+        return false;
+    /* "NAME.d" is the snapshot's own directory: a name that already ends
+     * in ".d" could collide with another snapshot's directory. */
+    return true;
+}
+
+char *tree_snapshot_name(struct vimage *img, size_t i)
+{
+    const struct vsnap *s = vimage_snapshot(img, i);
+    if (!s)
+        return NULL;
+    bool ok = usable_name(s->name);
+    size_t n = vimage_snapshot_count(img);
+    for (size_t j = 0; ok && j < n; j++) {
+        const struct vsnap *o = vimage_snapshot(img, j);
+        if (j == i || !o)
+            continue;
+        /* Repeated names, and names that are another snapshot's ID, fall
+         * back to IDs so that every file name is unambiguous. */
+        if ((o->name && !strcmp(o->name, s->name)) || (o->id && !strcmp(o->id, s->name)))
+            ok = false;
+        size_t ln = strlen(s->name), lo = o->name ? strlen(o->name) : 0;
+        if (o->name && ln == lo + 2 && !strncmp(s->name, o->name, lo) &&
+            !strcmp(s->name + lo, ".d"))
+            ok = false;
+    }
+    if (ok)
+        return xstrdup(s->name);
+    if (usable_name(s->id))
+        return xstrdup(s->id);
+    return xasprintf("%zu", i + 1);
+}
+
+long tree_snapshot_find(struct vimage *img, const char *name)
+{
+    size_t n = vimage_snapshot_count(img);
+    for (size_t i = 0; i < n; i++) {
+        char *s = tree_snapshot_name(img, i);
+        bool match = s && !strcmp(s, name);
+        free(s);
+        if (match)
+            return (long)i;
+    }
+    return -1;
+}
+
+void tree_shutdown(void)
+{
+    pthread_mutex_lock(&lock);
+    struct timg *t = head;
+    head = NULL;
+    count = 0;
+    pthread_mutex_unlock(&lock);
+    while (t) {
+        struct timg *n = t->next;
+        if (t->refs == 0)
+            timg_free(t);
+        t = n;
+    }
+    if (opts.single_file)
+        free((char *)opts.open.root);
+}

@@ -1,0 +1,277 @@
+/* Unit tests: the generic reader (runs through a backing chain, plans,
+ * extents) over a scripted driver, and opening raw files. */
+#include "config.h"
+
+#include "unit.h"
+#include "vmfs/image.h"
+#include "vmfs/report.h"
+
+#define BLK 4096
+
+/* A scripted layer: one letter per block.  D data (file bytes = the block's
+ * own pattern), Z zero, B backing, E error, C decoded. */
+struct script {
+    const char *s;
+    uint8_t tag;
+    struct vsrc *file;
+};
+
+static uint8_t pattern(uint8_t tag, uint64_t off) { return (uint8_t)(tag ^ (off / BLK) * 7); }
+
+static int mock_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
+{
+    struct script *sc = l->priv;
+    uint64_t b = off / BLK;
+    char k = sc->s[b];
+    uint64_t n = 0;
+    while (off + n < off + len && sc->s[(off + n) / BLK] == k) {
+        uint64_t blk_end = ((off + n) / BLK + 1) * BLK;
+        n = blk_end - off;
+    }
+    run->len = VMFS_MIN(n, len);
+    switch (k) {
+    case 'D': run->kind = VRUN_DATA; run->src = sc->file; run->src_off = off; break;
+    case 'Z': run->kind = VRUN_ZERO; break;
+    case 'B': run->kind = VRUN_BACKING; break;
+    case 'C': run->kind = VRUN_DECODE; break;
+    default: run->kind = VRUN_ERROR; run->err = EIO; break;
+    }
+    return 0;
+}
+
+static int mock_decode(struct vlayer *l, void *buf, size_t len, uint64_t off)
+{
+    struct script *sc = l->priv;
+    uint8_t *p = buf;
+    for (size_t i = 0; i < len; i++)
+        p[i] = pattern(sc->tag ^ 0xc0, off + i);
+    return 0;
+}
+
+static const struct vfmt_driver mock = {
+    .name = "mock", .map = mock_map, .decode = mock_decode,
+};
+
+static struct vlayer *mock_layer(struct vimage *img, const char *s, uint8_t tag)
+{
+    size_t size = strlen(s) * BLK;
+    uint8_t *bytes = malloc(size);
+    for (size_t i = 0; i < size; i++)
+        bytes[i] = pattern(tag, i);
+    struct script *sc = calloc(1, sizeof *sc);
+    sc->s = s;
+    sc->tag = tag;
+    sc->file = vsrc_new_mem(bytes, size, true, "mock");
+    free(bytes);
+    struct vlayer *l = calloc(1, sizeof *l);
+    l->drv = &mock;
+    l->priv = sc;
+    l->size = size;
+    l->img = img;
+    l->path = strdup("mock");
+    img->layers = realloc(img->layers, (img->nlayers + 1) * sizeof *img->layers);
+    img->layers[img->nlayers++] = l;
+    return l;
+}
+
+static struct vimage *mock_image(void)
+{
+    struct vimage *img = calloc(1, sizeof *img);
+    pthread_mutex_init(&img->lock, NULL);
+    img->refs = 1;
+    img->path = strdup("mock");
+    img->snap_index = -1;
+    return img;
+}
+
+static void mock_free(struct vimage *img)
+{
+    for (size_t i = 0; i < img->nlayers; i++) {
+        struct script *sc = img->layers[i]->priv;
+        vsrc_close(sc->file);
+        free(sc);
+        free(img->layers[i]->path);
+        free(img->layers[i]);
+    }
+    img->nlayers = 0;
+    vimage_unref(img);
+}
+
+/* What a byte of the chain must read as, computed independently. */
+static int expect(struct vimage *img, uint64_t off, uint8_t *out)
+{
+    for (size_t i = 0; i < img->nlayers; i++) {
+        struct script *sc = img->layers[i]->priv;
+        if (off >= img->layers[i]->size) {
+            *out = 0;
+            return 0;
+        }
+        switch (sc->s[off / BLK]) {
+        case 'D': *out = pattern(sc->tag, off); return 0;
+        case 'Z': *out = 0; return 0;
+        case 'C': *out = pattern(sc->tag ^ 0xc0, off); return 0;
+        case 'E': return -EIO;
+        default: break;
+        }
+    }
+    if (img->chain_broken)
+        return -EIO;
+    *out = 0;
+    return 0;
+}
+
+static void check_all(struct vimage *img)
+{
+    size_t size = img->size;
+    uint8_t *buf = malloc(size);
+    /* Every block alone, and every 3-block window through plan and read. */
+    for (uint64_t off = 0; off < size; off += BLK / 2) {
+        size_t len = (size_t)VMFS_MIN((uint64_t)3 * BLK, size - off);
+        int want = 0;
+        uint8_t *ref = malloc(len);
+        for (size_t i = 0; i < len; i++)
+            if (expect(img, off + i, &ref[i]) < 0)
+                want = -EIO;
+        int r = vimage_read(img, buf, len, off);
+        ck_assert_int_eq(r, want);
+        if (r == 0)
+            ck_assert_int_eq(memcmp(buf, ref, len), 0);
+        struct vplan plan;
+        r = vimage_plan(img, off, len, &plan);
+        ck_assert_int_eq(r, want);
+        if (r == 0) {
+            size_t pos = 0;
+            for (size_t s = 0; s < plan.nsegs; s++) {
+                ck_assert_int_lt(plan.segs[s].fd, 0);    /* memory sources */
+                ck_assert_int_eq(memcmp(plan.segs[s].mem, ref + pos, plan.segs[s].len), 0);
+                pos += plan.segs[s].len;
+            }
+            ck_assert_uint_eq(pos, len);
+        }
+        vplan_free(&plan);
+        free(ref);
+    }
+    free(buf);
+}
+
+START_TEST(chain_of_three)
+{
+    struct vimage *img = mock_image();
+    mock_layer(img, "DBZBCBBE", 0x11);
+    mock_layer(img, "BDDZBB", 0x22);        /* shorter than the top */
+    mock_layer(img, "DDBBD", 0x33);
+    img->size = img->layers[0]->size;
+    check_all(img);
+    img->chain_broken = true;               /* last layer's holes now fail */
+    check_all(img);
+    mock_free(img);
+}
+END_TEST
+
+START_TEST(extents_follow_the_chain)
+{
+    struct vimage *img = mock_image();
+    mock_layer(img, "ZBBBDBBB", 0x11);
+    mock_layer(img, "DBBB", 0x22);
+    img->size = img->layers[0]->size;
+    bool data;
+    uint64_t len;
+    ck_assert_int_eq(vimage_extent(img, 0, &data, &len), 0);
+    ck_assert(!data);
+    ck_assert_uint_eq(len, 4 * BLK);        /* zero + backing holes + past backing */
+    ck_assert_int_eq(vimage_extent(img, 4 * BLK, &data, &len), 0);
+    ck_assert(data);
+    ck_assert_uint_eq(len, BLK);
+    ck_assert_int_eq(vimage_extent(img, 5 * BLK, &data, &len), 0);
+    ck_assert(!data);
+    ck_assert_uint_eq(len, 3 * BLK);
+    ck_assert_int_eq(vimage_extent(img, 8 * BLK, &data, &len), -ENXIO);
+    ck_assert_uint_eq(vimage_allocated(img), BLK);
+    mock_free(img);
+}
+END_TEST
+
+START_TEST(reads_outside_the_disk)
+{
+    struct vimage *img = mock_image();
+    mock_layer(img, "DD", 0x11);
+    img->size = img->layers[0]->size;
+    uint8_t b[16];
+    ck_assert_int_eq(vimage_read(img, b, 16, 2 * BLK - 8), -EINVAL);
+    ck_assert_int_eq(vimage_read(img, b, 1, UINT64_MAX), -EINVAL);
+    mock_free(img);
+}
+END_TEST
+
+START_TEST(open_files_that_are_not_images)
+{
+    char *empty = unit_tmpfile("", 0, "qcow2");
+    struct vimage *img = vimage_open(empty, NULL, -1, false);
+    ck_assert_ptr_nonnull(img);          /* shown, with a reason */
+    ck_assert(img->top_failed);
+    char **p;
+    size_t n = vimage_problems(img, &p);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_ptr_nonnull(strstr(p[0], "empty"));
+    free(p[0]);
+    free(p);
+    uint8_t b[1];
+    ck_assert_int_eq(vimage_read(img, b, 1, 0), -EIO);
+    struct rep *r = rep_new_object();
+    vimage_report(img, r);
+    char *t = rep_to_text(r);
+    ck_assert_ptr_nonnull(strstr(t, "status: damaged"));
+    free(t);
+    rep_free(r);
+    vimage_unref(img);
+    unlink_free(empty);
+
+    char junk[8192];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (char)(i * 131 + 7);
+    char *txt = unit_tmpfile(junk, sizeof junk, "txt");
+    ck_assert_ptr_null(vimage_open(txt, NULL, -1, false));
+    ck_assert(!vimage_is_candidate(txt, false));
+    unlink_free(txt);
+}
+END_TEST
+
+START_TEST(raw_with_host_holes)
+{
+    char *path = unit_tmpfile("", 0, "raw");
+    FILE *f = fopen(path, "r+");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fseek(f, 1 << 20, SEEK_SET), 0);
+    fputs("data", f);
+    ck_assert_int_eq(ftruncate(fileno(f), 4 << 20), 0);
+    fclose(f);
+    struct vimage *img = vimage_open(path, NULL, -1, false);
+    ck_assert_ptr_nonnull(img);
+    ck_assert_str_eq(vimage_format(img), "raw");
+    ck_assert_uint_eq(img->size, 4 << 20);
+    char b[4];
+    ck_assert_int_eq(vimage_read(img, b, 4, 1 << 20), 0);
+    ck_assert_int_eq(memcmp(b, "data", 4), 0);
+    bool data;
+    uint64_t len;
+    ck_assert_int_eq(vimage_extent(img, 0, &data, &len), 0);
+    ck_assert(!data);
+    ck_assert_uint_eq(len, 1 << 20);
+    ck_assert_uint_lt(vimage_allocated(img), 1 << 20);
+    vimage_unref(img);
+    unlink_free(path);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("image");
+    TCase *tc = tcase_create("reader");
+    tcase_add_test(tc, chain_of_three);
+    tcase_add_test(tc, extents_follow_the_chain);
+    tcase_add_test(tc, reads_outside_the_disk);
+    tcase_add_test(tc, open_files_that_are_not_images);
+    tcase_add_test(tc, raw_with_host_holes);
+    suite_add_tcase(s, tc);
+    return unit_run(s);
+}
