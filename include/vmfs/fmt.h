@@ -109,6 +109,14 @@ struct vfmt_driver {
     int (*snapshot_select)(struct vlayer *l, size_t i);
 
     void (*close)(struct vlayer *l);
+
+    /* Other files this image is made of (extents named by a descriptor),
+     * as the image names them, so that SOURCE listings do not show them on
+     * their own.  Optional.  head holds the file's first bytes (len <=
+     * 4096; a driver may read more from path).  Returns how many names it
+     * put in *names (a malloc'ed array of malloc'ed strings). */
+    size_t (*related_files)(const char *path, const uint8_t *head, size_t len,
+                            char ***names);
 };
 
 /* The registry (src/fmt/registry.c). */
@@ -132,5 +140,12 @@ void vlayer_problem(struct vlayer *l, const char *fmt, ...) VMFS_PRINTF(2, 3);
  * Returns 0 or a negative errno after recording why with vlayer_problem(). */
 int vlayer_open_related(struct vlayer *l, const char *name, const char *what,
                         struct vsrc **out, char **resolved);
+
+/* Sets l->backing_name from several ways an image names its parent (a
+ * relative path, an absolute one, a Windows path): the first that exists,
+ * relative to l's directory; a Windows path ("C:\\dir\\x.vhdx") also
+ * counts as its last component beside l.  When none exists the first is
+ * kept, so that the problem names it. */
+void vlayer_set_backing_candidates(struct vlayer *l, const char *const *names, size_t n);
 
 #endif

@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -183,6 +184,12 @@ int main(int argc, char **argv)
     if (!real)
         return fail("cannot resolve SOURCE %s", c.source);
 
+    /* Every open image holds descriptors: allow as many as we may. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     vcache_set_budget(cache);
     struct tree_opts to = {
         .source = real,

@@ -686,6 +686,59 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     free(buf);
 }
 
+/* readdir with attributes: one round trip lists a directory for ls -l.
+ * Each entry but . and .. is looked up (its lookup count goes up) only
+ * when it fits in the reply. */
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                           struct fuse_file_info *fi)
+{
+    struct dirlist *d = (struct dirlist *)(uintptr_t)fi->fh;
+    struct nodeinfo p;
+    if (!get_node(ino, &p)) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    char *buf = xmalloc(size);
+    size_t used = 0;
+    for (size_t i = (size_t)off; i < d->n; i++) {
+        const char *name = d->e[i].name;
+        struct fuse_entry_param e;
+        memset(&e, 0, sizeof e);
+        bool dot = !strcmp(name, ".") || !strcmp(name, "..");
+        if (dot) {
+            e.attr.st_ino = (ino_t)(name_hash(ino, name) + 2);
+            e.attr.st_mode = d->e[i].type;
+        } else {
+            enum nkind kind;
+            char *path = NULL;
+            long snap;
+            int r = child_of(&p, name, &kind, &path, &snap);
+            if (r == 0)
+                r = node_attr(0, kind, path, snap, &e.attr);
+            if (r < 0) {          /* gone since opendir: skip it */
+                free(path);
+                continue;
+            }
+            e.ino = intern(ino, name, kind, path, snap);
+            e.attr.st_ino = e.ino;
+            e.attr_timeout = cfg.attr_timeout;
+            e.entry_timeout = cfg.attr_timeout;
+            free(path);
+        }
+        size_t need = fuse_add_direntry_plus(req, buf + used, size - used, name, &e,
+                                             (off_t)(i + 1));
+        if (need > size - used) {
+            if (!dot)
+                forget_one(e.ino, 1);
+            break;
+        }
+        used += need;
+    }
+    free(p.path);
+    fuse_reply_buf(req, buf, used);
+    free(buf);
+}
+
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     dl_free((struct dirlist *)(uintptr_t)fi->fh);
@@ -758,6 +811,7 @@ const struct fuse_lowlevel_ops vmfs_ops = {
     .lseek = op_lseek,
     .opendir = op_opendir,
     .readdir = op_readdir,
+    .readdirplus = op_readdirplus,
     .releasedir = op_releasedir,
     .statfs = op_statfs,
     .setattr = op_setattr,

@@ -184,6 +184,50 @@ int vlayer_open_related(struct vlayer *l, const char *name, const char *what,
     return 0;
 }
 
+static bool exists_from(const struct vlayer *l, const char *name, char **resolved)
+{
+    char *path = resolve_ref(l->path, name);
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISDIR(st.st_mode)) {
+        *resolved = path;
+        return true;
+    }
+    free(path);
+    return false;
+}
+
+void vlayer_set_backing_candidates(struct vlayer *l, const char *const *names, size_t n)
+{
+    char *pick = NULL;
+    for (size_t i = 0; i < n && !pick; i++) {
+        if (!names[i] || !names[i][0])
+            continue;
+        char *r = NULL;
+        if (exists_from(l, names[i], &r)) {
+            free(r);
+            pick = xstrdup(names[i]);
+            break;
+        }
+        /* A Windows path: the file of that name beside the image. */
+        const char *bs = strrchr(names[i], '\\');
+        bool drive = names[i][0] && names[i][1] == ':';
+        if (bs || drive) {
+            const char *base = bs ? bs + 1 : names[i] + 2;
+            if (*base && exists_from(l, base, &r)) {
+                free(r);
+                pick = xstrdup(base);
+            }
+        }
+    }
+    if (!pick) {
+        for (size_t i = 0; i < n && !pick; i++)
+            if (names[i] && names[i][0])
+                pick = xstrdup(names[i]);
+    }
+    free(l->backing_name);
+    l->backing_name = pick;
+}
+
 static void layer_free(struct vlayer *l)
 {
     if (!l)
