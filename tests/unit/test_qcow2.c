@@ -1,0 +1,1296 @@
+/* Unit tests: the qcow2 driver, over images built byte by byte in memory
+ * by a small builder below, written to temporary files and opened through
+ * the image layer like any other image. */
+#include "config.h"
+
+#include <pthread.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include "unit.h"
+#include "vmfs/image.h"
+#include "vmfs/report.h"
+#include "../../src/fmt/qcow2.h"
+
+extern const struct vfmt_driver vfmt_qcow2;
+
+/* ------------------------------------------------------------------------
+ * The builder: a growing file image plus the disk it should read as.
+ * ---------------------------------------------------------------------- */
+
+struct qb {
+    uint8_t *d;
+    size_t len, cap;
+    uint8_t *exp;              /* expected virtual disk */
+    unsigned version, cbits;
+    uint64_t cs, vsize;
+    bool ext;
+    uint64_t l1_off;
+    uint32_t l1_size;
+    uint64_t incompat, compat, autoclear;
+    uint32_t crypt;
+    uint8_t compression;
+    uint32_t nb_snap;
+    uint64_t snap_off;
+    uint8_t exts[4096];
+    size_t extlen;
+    char backing[512];
+};
+
+static void qb_grow(struct qb *b, size_t len)
+{
+    if (len > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < len)
+            cap *= 2;
+        b->d = realloc(b->d, cap);
+        ck_assert_ptr_nonnull(b->d);
+        memset(b->d + b->cap, 0, cap - b->cap);
+        b->cap = cap;
+    }
+    if (len > b->len)
+        b->len = len;
+}
+
+static void put8s(struct qb *b, uint64_t off, uint64_t v, unsigned n)
+{
+    qb_grow(b, (size_t)(off + n));
+    for (unsigned i = 0; i < n; i++)
+        b->d[off + i] = (uint8_t)(v >> (8 * (n - 1 - i)));
+}
+static void put64(struct qb *b, uint64_t off, uint64_t v) { put8s(b, off, v, 8); }
+static void put32(struct qb *b, uint64_t off, uint32_t v) { put8s(b, off, v, 4); }
+static void put16(struct qb *b, uint64_t off, uint16_t v) { put8s(b, off, v, 2); }
+static uint64_t get64(struct qb *b, uint64_t off) { return get_be64(b->d + off); }
+
+static void put_bytes(struct qb *b, uint64_t off, const void *p, size_t n)
+{
+    qb_grow(b, (size_t)(off + n));
+    memcpy(b->d + off, p, n);
+}
+
+/* n new zeroed clusters at the end of the file. */
+static uint64_t qb_alloc(struct qb *b, uint64_t n)
+{
+    uint64_t off = (b->len + b->cs - 1) & ~(b->cs - 1);
+    qb_grow(b, (size_t)(off + n * b->cs));
+    return off;
+}
+
+static uint64_t l2_entries(const struct qb *b) { return b->cs / (b->ext ? 16 : 8); }
+static uint64_t l1_span(const struct qb *b) { return b->cs * l2_entries(b); }
+
+static struct qb *qb_new(unsigned version, unsigned cbits, uint64_t vsize, bool ext)
+{
+    struct qb *b = calloc(1, sizeof(*b));
+    ck_assert_ptr_nonnull(b);
+    b->version = version;
+    b->cbits = cbits;
+    b->cs = 1ull << cbits;
+    b->vsize = vsize;
+    b->ext = ext;
+    if (ext)
+        b->incompat |= QCOW2_INCOMPAT_EXTL2;
+    b->exp = calloc(1, vsize ? (size_t)vsize : 1);
+    ck_assert_ptr_nonnull(b->exp);
+    qb_grow(b, (size_t)b->cs);
+    b->l1_size = (uint32_t)((vsize + l1_span(b) - 1) / l1_span(b));
+    uint64_t l1_clusters = ((uint64_t)b->l1_size * 8 + b->cs - 1) / b->cs;
+    b->l1_off = qb_alloc(b, l1_clusters ? l1_clusters : 1);
+    return b;
+}
+
+static void qb_free(struct qb *b)
+{
+    free(b->d);
+    free(b->exp);
+    free(b);
+}
+
+/* The L2 table of guest offset g, allocated on first use. */
+static uint64_t qb_l2(struct qb *b, uint64_t g)
+{
+    uint64_t slot = b->l1_off + g / l1_span(b) * 8;
+    uint64_t e = get64(b, slot) & QCOW2_L1E_OFFSET_MASK;
+    if (!e) {
+        e = qb_alloc(b, 1);
+        put64(b, slot, e | QCOW2_OFLAG_COPIED);
+    }
+    return e;
+}
+
+static void qb_set(struct qb *b, uint64_t g, uint64_t entry, uint64_t bitmap)
+{
+    uint64_t l2 = qb_l2(b, g);
+    uint64_t idx = (g / b->cs) % l2_entries(b);
+    put64(b, l2 + idx * (b->ext ? 16 : 8), entry);
+    if (b->ext)
+        put64(b, l2 + idx * 16 + 8, bitmap);
+}
+
+static uint8_t pat(uint8_t tag, uint64_t off) { return (uint8_t)(tag + (off >> 9) * 13 + (off & 7)); }
+
+static void fill_pattern(uint8_t *p, size_t n, uint8_t tag, uint64_t g)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = pat(tag, g + i);
+}
+
+/* The bytes guest cluster g should hold (clipped to the disk). */
+static void exp_pattern(struct qb *b, uint64_t g, uint8_t tag)
+{
+    uint64_t n = VMFS_MIN(b->cs, b->vsize - g);
+    fill_pattern(b->exp + g, (size_t)n, tag, g);
+}
+
+/* A data cluster for guest offset g at a new host cluster; returns it. */
+static uint64_t qb_data(struct qb *b, uint64_t g, uint8_t tag)
+{
+    qb_l2(b, g);
+    uint64_t host = qb_alloc(b, 1);
+    fill_pattern(b->d + host, (size_t)b->cs, tag, g);
+    qb_set(b, g, host | QCOW2_OFLAG_COPIED, b->ext ? 0xffffffffu : 0);
+    exp_pattern(b, g, tag);
+    return host;
+}
+
+static void qb_ext(struct qb *b, uint32_t type, const void *data, uint32_t len)
+{
+    uint8_t hdr[8];
+    for (unsigned i = 0; i < 4; i++) {
+        hdr[i] = (uint8_t)(type >> (24 - 8 * i));
+        hdr[4 + i] = (uint8_t)(len >> (24 - 8 * i));
+    }
+    ck_assert_uint_le(b->extlen + 8 + len + 8, sizeof(b->exts));
+    memcpy(b->exts + b->extlen, hdr, 8);
+    memcpy(b->exts + b->extlen + 8, data, len);
+    b->extlen += 8 + ((len + 7u) & ~7u);
+}
+
+static void qb_feature(struct qb *b, uint8_t type, uint8_t bit, const char *name)
+{
+    uint8_t e[48] = {type, bit};
+    memcpy(e + 2, name, strlen(name));
+    qb_ext(b, QCOW2_EXT_FEATURES, e, sizeof(e));
+}
+
+/* Writes the header and its extensions into the first cluster. */
+static void qb_finish(struct qb *b)
+{
+    uint32_t hl = b->version == 2 ? 72 : (b->compression ? 112 : 104);
+    put32(b, 0, QCOW2_MAGIC);
+    put32(b, 4, b->version);
+    put32(b, 20, b->cbits);
+    put64(b, 24, b->vsize);
+    put32(b, 32, b->crypt);
+    put32(b, 36, b->l1_size);
+    put64(b, 40, b->l1_off);
+    put32(b, 60, b->nb_snap);
+    put64(b, 64, b->snap_off);
+    if (b->version >= 3) {
+        put64(b, 72, b->incompat);
+        put64(b, 80, b->compat);
+        put64(b, 88, b->autoclear);
+        put32(b, 96, 4);
+        put32(b, 100, hl);
+        b->d[104] = b->compression;
+    }
+    ck_assert_uint_le(hl + b->extlen + 8 + strlen(b->backing), b->cs);
+    memcpy(b->d + hl, b->exts, b->extlen);
+    memset(b->d + hl + b->extlen, 0, 8);
+    if (b->backing[0]) {
+        uint64_t off = hl + b->extlen + 8;
+        put64(b, 8, off);
+        put32(b, 16, (uint32_t)strlen(b->backing));
+        memcpy(b->d + off, b->backing, strlen(b->backing));
+    }
+}
+
+static char *qb_file(struct qb *b)
+{
+    return unit_tmpfile(b->d, b->len, "qcow2");
+}
+
+static struct vimage *open_img(const char *path, long snap)
+{
+    struct vopen_opts o = {.root = NULL, .allow_external = true, .max_chain = 16};
+    return vimage_open(path, &o, snap, false);
+}
+
+/* Builds, writes and opens b; the caller unlinks *path. */
+static struct vimage *qb_open(struct qb *b, char **path)
+{
+    qb_finish(b);
+    *path = qb_file(b);
+    struct vimage *img = open_img(*path, -1);
+    ck_assert_ptr_nonnull(img);
+    return img;
+}
+
+static bool has_problem(struct vimage *img, const char *needle)
+{
+    char **p;
+    size_t n = vimage_problems(img, &p);
+    bool found = false;
+    for (size_t i = 0; i < n; i++) {
+        if (strstr(p[i], needle))
+            found = true;
+        free(p[i]);
+    }
+    free(p);
+    return found;
+}
+
+static size_t nproblems(struct vimage *img)
+{
+    char **p;
+    size_t n = vimage_problems(img, &p);
+    for (size_t i = 0; i < n; i++)
+        free(p[i]);
+    free(p);
+    return n;
+}
+
+static void dump_problems(struct vimage *img)
+{
+    char **p;
+    size_t n = vimage_problems(img, &p);
+    for (size_t i = 0; i < n; i++) {
+        fprintf(stderr, "problem: %s\n", p[i]);
+        free(p[i]);
+    }
+    free(p);
+}
+
+/* Reads [off, off + len) and compares it with the expected disk. */
+static void check_range(struct vimage *img, const struct qb *b, uint64_t off, size_t len)
+{
+    uint8_t *buf = malloc(len ? len : 1);
+    ck_assert_ptr_nonnull(buf);
+    int r = vimage_read(img, buf, len, off);
+    if (r != 0)
+        dump_problems(img);
+    ck_assert_msg(r == 0, "read of %zu bytes at %llu: %s", len, (unsigned long long)off,
+                  strerror(-r));
+    for (size_t i = 0; i < len; i++)
+        if (buf[i] != b->exp[off + i])
+            ck_abort_msg("byte %llu: got 0x%02x, expected 0x%02x",
+                         (unsigned long long)(off + i), buf[i], b->exp[off + i]);
+    free(buf);
+}
+
+/* The whole disk in one read, then in odd-sized pieces. */
+static void check_all(struct vimage *img, const struct qb *b)
+{
+    ck_assert_uint_eq(img->size, b->vsize);
+    check_range(img, b, 0, (size_t)b->vsize);
+    for (uint64_t off = 0; off < b->vsize; off += 3000)
+        check_range(img, b, off, (size_t)VMFS_MIN(4096, b->vsize - off));
+}
+
+static int read_err(struct vimage *img, uint64_t off, size_t len)
+{
+    uint8_t *buf = malloc(len);
+    ck_assert_ptr_nonnull(buf);
+    int r = vimage_read(img, buf, len, off);
+    free(buf);
+    return r;
+}
+
+static void top_map(struct vimage *img, uint64_t off, uint64_t len, struct vrun *run)
+{
+    struct vlayer *l = img->layers[0];
+    ck_assert_int_eq(l->drv->map(l, off, len, run), 0);
+}
+
+static char *report_json(struct vimage *img)
+{
+    struct rep *r = rep_new_object();
+    vimage_report(img, r);
+    char *j = rep_to_json(r);
+    rep_free(r);
+    return j;
+}
+
+/* A raw file of n bytes of the given pattern; its path. */
+static char *raw_file(uint64_t n, uint8_t tag)
+{
+    uint8_t *p = malloc((size_t)n);
+    ck_assert_ptr_nonnull(p);
+    fill_pattern(p, (size_t)n, tag, 0);
+    char *path = unit_tmpfile(p, (size_t)n, "raw");
+    free(p);
+    return path;
+}
+
+/* ------------------------------------------------------------------------
+ * Compressed clusters
+ * ---------------------------------------------------------------------- */
+
+static size_t deflate_raw(const uint8_t *in, size_t n, uint8_t *out, size_t cap)
+{
+    z_stream s;
+    memset(&s, 0, sizeof(s));
+    ck_assert_int_eq(deflateInit2(&s, Z_BEST_COMPRESSION, Z_DEFLATED, -12, 9,
+                                  Z_DEFAULT_STRATEGY), Z_OK);
+    s.next_in = (Bytef *)in;
+    s.avail_in = (uInt)n;
+    s.next_out = out;
+    s.avail_out = (uInt)cap;
+    ck_assert_int_eq(deflate(&s, Z_FINISH), Z_STREAM_END);
+    size_t got = s.total_out;
+    deflateEnd(&s);
+    return got;
+}
+
+/* Puts len bytes of compressed data at the end of the file, at an offset
+ * that is not sector aligned, and points guest cluster g at it. */
+static void qb_put_compressed(struct qb *b, uint64_t g, const uint8_t *data, size_t len)
+{
+    uint64_t coff = b->len + 100;
+    put_bytes(b, coff, data, len);
+    uint64_t extra = ((coff + len - 1) >> 9) - (coff >> 9);
+    unsigned shift = 62 - (b->cbits - 8);
+    qb_set(b, g, QCOW2_OFLAG_COMPRESSED | extra << shift | coff, 0);
+}
+
+/* A compressed cluster (zlib or zstd as the builder says) for guest g. */
+static void qb_compressed(struct qb *b, uint64_t g, uint8_t tag)
+{
+    qb_l2(b, g);
+    size_t cs = (size_t)b->cs;
+    uint8_t *plain = malloc(cs), *out = malloc(cs * 2 + 1024);
+    ck_assert_ptr_nonnull(plain);
+    ck_assert_ptr_nonnull(out);
+    fill_pattern(plain, cs, tag, g);
+    size_t n;
+    if (b->compression == QCOW2_COMPRESSION_ZSTD) {
+        n = ZSTD_compress(out, cs * 2 + 1024, plain, cs, 3);
+        ck_assert(!ZSTD_isError(n));
+    } else {
+        n = deflate_raw(plain, cs, out, cs * 2 + 1024);
+    }
+    ck_assert_uint_lt(n, cs);
+    qb_put_compressed(b, g, out, n);
+    exp_pattern(b, g, tag);
+    free(plain);
+    free(out);
+}
+
+/* ------------------------------------------------------------------------
+ * Pure functions
+ * ---------------------------------------------------------------------- */
+
+START_TEST(test_classify)
+{
+    struct qcow2_geom g = {.cluster_bits = 16, .v3 = true};
+    uint64_t host;
+    const char *why;
+    ck_assert_int_eq(qcow2_classify(&g, 0, 0, 0, 0, &host, &why), QCOW2_UNALLOC);
+    ck_assert_int_eq(qcow2_classify(&g, 0, 0x30000 | QCOW2_OFLAG_COPIED, 0, 0, &host, &why),
+                     QCOW2_DATA);
+    ck_assert_uint_eq(host, 0x30000);
+    ck_assert_int_eq(qcow2_classify(&g, 0, 0x30200, 0, 0, &host, &why), QCOW2_INVALID);
+    ck_assert_ptr_nonnull(why);
+    ck_assert_int_eq(qcow2_classify(&g, 0, 1, 0, 0, &host, &why), QCOW2_ZERO);
+    ck_assert_int_eq(qcow2_classify(&g, 0, 0x30001, 0, 0, &host, &why), QCOW2_ZERO);
+    ck_assert_int_eq(qcow2_classify(&g, 0, QCOW2_OFLAG_COMPRESSED | 5, 0, 0, &host, &why),
+                     QCOW2_COMPRESSED);
+    /* Version 2 has no zero flag. */
+    g.v3 = false;
+    ck_assert_int_eq(qcow2_classify(&g, 0, 1, 0, 0, &host, &why), QCOW2_INVALID);
+    /* External data file: offset 0 with the copied flag is data. */
+    g.v3 = true;
+    g.data_file = true;
+    ck_assert_int_eq(qcow2_classify(&g, 0, QCOW2_OFLAG_COPIED, 0, 0, &host, &why), QCOW2_DATA);
+    ck_assert_int_eq(qcow2_classify(&g, 0x10000, 0x20000 | QCOW2_OFLAG_COPIED, 0, 0, &host,
+                                    &why), QCOW2_INVALID);
+    ck_assert_int_eq(qcow2_classify(&g, 0, QCOW2_OFLAG_COMPRESSED, 0, 0, &host, &why),
+                     QCOW2_INVALID);
+    /* Extended L2: allocation bits 0-31, zero bits 32-63. */
+    g.data_file = false;
+    g.ext_l2 = true;
+    uint64_t bm = 0x3ull | 0xcull << 32;
+    ck_assert_int_eq(qcow2_classify(&g, 0, 0x30000, bm, 0, &host, &why), QCOW2_DATA);
+    ck_assert_int_eq(qcow2_classify(&g, 0, 0x30000, bm, 2, &host, &why), QCOW2_ZERO);
+    ck_assert_int_eq(qcow2_classify(&g, 0, 0x30000, bm, 4, &host, &why), QCOW2_UNALLOC);
+    ck_assert_int_eq(qcow2_classify(&g, 0, 0, 0xcull << 32, 3, &host, &why), QCOW2_ZERO);
+    ck_assert_int_eq(qcow2_classify(&g, 0, 0, 1, 5, &host, &why), QCOW2_INVALID);
+    ck_assert_int_eq(qcow2_classify(&g, 0, 0x30000, 1 | 1ull << 32, 5, &host, &why),
+                     QCOW2_INVALID);
+    /* With extended L2 entries bit 0 is not a zero flag. */
+    ck_assert_int_eq(qcow2_classify(&g, 0, 0x30001, 1, 0, &host, &why), QCOW2_DATA);
+}
+END_TEST
+
+START_TEST(test_compressed_desc)
+{
+    uint64_t coff, clen;
+    /* 64 KiB clusters: offset in bits 0-53, extra sectors in 54-61. */
+    qcow2_compressed(16, QCOW2_OFLAG_COMPRESSED | 3ull << 54 | 0x12345, &coff, &clen);
+    ck_assert_uint_eq(coff, 0x12345);
+    ck_assert_uint_eq(clen, 4 * 512 - 0x145);
+    /* 512-byte clusters: one bit of extra sectors at bit 61. */
+    qcow2_compressed(9, 1ull << 61 | 0x1000, &coff, &clen);
+    ck_assert_uint_eq(coff, 0x1000);
+    ck_assert_uint_eq(clen, 1024);
+    /* 2 MiB clusters: offset in bits 0-48. */
+    qcow2_compressed(21, 0x1fffull << 49 | 0x200, &coff, &clen);
+    ck_assert_uint_eq(coff, 0x200);
+    ck_assert_uint_eq(clen, 0x2000ull * 512);
+}
+END_TEST
+
+START_TEST(test_l1_entries)
+{
+    ck_assert_uint_eq(qcow2_l1_entries_for(0, 16, false), 0);
+    ck_assert_uint_eq(qcow2_l1_entries_for(1, 16, false), 1);
+    ck_assert_uint_eq(qcow2_l1_entries_for(512ull << 20, 16, false), 1);
+    ck_assert_uint_eq(qcow2_l1_entries_for((512ull << 20) + 1, 16, false), 2);
+    ck_assert_uint_eq(qcow2_l1_entries_for(256ull << 20, 16, true), 1);
+    ck_assert_uint_eq(qcow2_l1_entries_for(UINT64_MAX, 21, false), 1ull << 25);
+    ck_assert_uint_eq(qcow2_l1_entries_for(UINT64_MAX, 9, false), 1ull << 49);
+}
+END_TEST
+
+static int parse(struct qb *b, char *msg, size_t msglen)
+{
+    struct qcow2_header h;
+    qb_finish(b);
+    int r = qcow2_parse_header(b->d, (size_t)b->cs, b->len, &h, msg, msglen);
+    if (r == 0)
+        qcow2_header_free(&h);
+    return r;
+}
+
+START_TEST(test_parse_header)
+{
+    char msg[256];
+    struct qb *b = qb_new(3, 16, 1 << 20, false);
+    strcpy(b->backing, "base.raw");
+    qb_ext(b, QCOW2_EXT_BACKING_FMT, "raw", 3);
+    qb_finish(b);
+    struct qcow2_header h;
+    ck_assert_int_eq(qcow2_parse_header(b->d, (size_t)b->cs, b->len, &h, msg, sizeof(msg)), 0);
+    ck_assert_str_eq(h.backing_name, "base.raw");
+    ck_assert_str_eq(h.backing_fmt, "raw");
+    ck_assert_uint_eq(h.size, 1 << 20);
+    ck_assert_uint_eq(h.header_len, 104);
+    qcow2_header_free(&h);
+
+    put32(b, 100, 96);      /* header length below 104 */
+    ck_assert_int_eq(qcow2_parse_header(b->d, (size_t)b->cs, b->len, &h, msg, sizeof(msg)),
+                     -EINVAL);
+    ck_assert_ptr_nonnull(strstr(msg, "header length"));
+    qb_free(b);
+
+    b = qb_new(3, 16, 1 << 20, false);
+    b->incompat |= QCOW2_INCOMPAT_COMPRESSION;   /* bit set, type zlib */
+    ck_assert_int_eq(parse(b, msg, sizeof(msg)), -EINVAL);
+    b->incompat = 0;
+    b->compression = 1;                          /* zstd without the bit */
+    ck_assert_int_eq(parse(b, msg, sizeof(msg)), -EINVAL);
+    b->compression = 0;
+    b->incompat = QCOW2_INCOMPAT_DATA_FILE;      /* data file, no name */
+    ck_assert_int_eq(parse(b, msg, sizeof(msg)), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(msg, "data file"));
+    b->incompat = 0;
+    ck_assert_int_eq(parse(b, msg, sizeof(msg)), 0);
+    put32(b, 96, 7);                             /* refcount order */
+    ck_assert_int_eq(qcow2_parse_header(b->d, (size_t)b->cs, b->len, &h, msg, sizeof(msg)),
+                     -EINVAL);
+    b->cbits = 22;
+    ck_assert_int_eq(parse(b, msg, sizeof(msg)), -EINVAL);
+    b->cbits = 8;
+    ck_assert_int_eq(parse(b, msg, sizeof(msg)), -EINVAL);
+    b->cbits = 16;
+    b->version = 4;
+    ck_assert_int_eq(parse(b, msg, sizeof(msg)), -ENOTSUP);
+    b->version = 3;
+    b->l1_off += 512;                            /* unaligned L1 */
+    ck_assert_int_eq(parse(b, msg, sizeof(msg)), -EINVAL);
+    b->l1_off -= 512;
+    put64(b, 8, 70000);                          /* backing name outside cluster 0 */
+    put32(b, 16, 4);
+    ck_assert_int_eq(qcow2_parse_header(b->d, (size_t)b->cs, b->len, &h, msg, sizeof(msg)),
+                     -EINVAL);
+    put64(b, 8, 60000);
+    put32(b, 16, 2000);                          /* backing name too long */
+    ck_assert_int_eq(qcow2_parse_header(b->d, (size_t)b->cs, b->len, &h, msg, sizeof(msg)),
+                     -EINVAL);
+    /* Too short for any header. */
+    ck_assert_int_eq(qcow2_parse_header(b->d, 40, 40, &h, msg, sizeof(msg)), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(msg, "truncated"));
+    qb_free(b);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------
+ * Reading images
+ * ---------------------------------------------------------------------- */
+
+/* Versions 2 and 3: data, unallocated and (v3) zero clusters, and runs
+ * that coalesce. */
+START_TEST(test_basic_versions)
+{
+    unsigned version = (unsigned)_i;
+    struct qb *b = qb_new(version, 16, 1 << 20, false);
+    qb_data(b, 0, 0x11);
+    qb_data(b, 0x10000, 0x22);        /* host contiguous with the first */
+    qb_data(b, 0x30000, 0x33);
+    qb_data(b, 0xf0000, 0x44);        /* the last cluster */
+    if (version == 3) {
+        qb_set(b, 0x50000, QCOW2_OFLAG_ZERO, 0);
+        uint64_t pre = qb_alloc(b, 1);
+        memset(b->d + pre, 0x99, (size_t)b->cs);  /* preallocated, reads as zero */
+        qb_set(b, 0x60000, pre | QCOW2_OFLAG_ZERO | QCOW2_OFLAG_COPIED, 0);
+    }
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    ck_assert_str_eq(vimage_format(img), "qcow2");
+    check_all(img, b);
+    ck_assert_uint_eq(nproblems(img), 0);
+
+    struct vrun run;
+    top_map(img, 0, b->vsize, &run);
+    ck_assert_int_eq(run.kind, VRUN_DATA);
+    ck_assert_uint_eq(run.len, 0x20000);
+    top_map(img, 0x1000, 0x8000, &run);
+    ck_assert_int_eq(run.kind, VRUN_DATA);
+    ck_assert_uint_eq(run.len, 0x8000);
+    top_map(img, 0x20000, b->vsize - 0x20000, &run);
+    ck_assert_int_eq(run.kind, VRUN_BACKING);
+    ck_assert_uint_eq(run.len, 0x10000);
+    if (version == 3) {
+        top_map(img, 0x50000, b->vsize - 0x50000, &run);
+        ck_assert_int_eq(run.kind, VRUN_ZERO);
+        ck_assert_uint_eq(run.len, 0x20000);
+    }
+    char *j = report_json(img);
+    ck_assert_ptr_nonnull(strstr(j, version == 2 ? "\"format_version\": 2"
+                                                 : "\"format_version\": 3"));
+    ck_assert_ptr_nonnull(strstr(j, "\"cluster_size\": 65536"));
+    ck_assert_ptr_nonnull(strstr(j, "\"compression\": \"zlib\""));
+    free(j);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+/* 512 B, 4 KiB and 2 MiB clusters, a disk that ends inside a cluster, and
+ * data spread over several L1 entries. */
+START_TEST(test_cluster_sizes)
+{
+    static const unsigned bits[] = {9, 12, 21};
+    unsigned cb = bits[_i];
+    uint64_t cs = 1ull << cb;
+    uint64_t nclusters = cb == 21 ? 8 : 300;
+    uint64_t vsize = nclusters * cs - (cs > 512 ? 512 : 0);  /* ends inside a cluster */
+    struct qb *b = qb_new(3, cb, vsize, false);
+    uint64_t picks[] = {0, 1, 2, 4, nclusters / 2 + 1, (vsize - 1) / cs};
+    for (size_t i = 0; i < VMFS_ARRAY_SIZE(picks); i++)
+        qb_data(b, picks[i] * cs, (uint8_t)(0x10 * (i + 1)));
+    qb_set(b, 3 * cs, QCOW2_OFLAG_ZERO, 0);
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    check_all(img, b);
+    ck_assert_uint_eq(nproblems(img), 0);
+    bool data;
+    uint64_t len;
+    ck_assert_int_eq(vimage_extent(img, 0, &data, &len), 0);
+    ck_assert(data);
+    ck_assert_uint_eq(len, 3 * cs);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+/* The L1 table written last, the file ending with its last entry. */
+START_TEST(test_l1_at_end)
+{
+    struct qb *b = qb_new(3, 12, 3 << 20, false);   /* 2 L1 entries of 2 MiB */
+    qb_data(b, 0, 0x51);
+    qb_data(b, 0x200000, 0x52);
+    qb_data(b, 0x2ff000, 0x53);
+    uint64_t newoff = (b->len + b->cs - 1) & ~(b->cs - 1);
+    size_t bytes = b->l1_size * 8u;
+    ck_assert_uint_eq(b->l1_size, 2);
+    put_bytes(b, newoff, b->d + b->l1_off, bytes);
+    memset(b->d + b->l1_off, 0, bytes);
+    b->l1_off = newoff;
+    b->len = (size_t)(newoff + bytes);
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    check_all(img, b);
+    ck_assert_uint_eq(nproblems(img), 0);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+/* L1 and L2 entries pointing past the end of the file. */
+START_TEST(test_past_eof)
+{
+    struct qb *b = qb_new(3, 9, 128 << 10, false);  /* 4 L1 entries of 32 KiB */
+    qb_data(b, 0, 0x61);
+    qb_data(b, 0x8000, 0x62);
+    qb_data(b, 0x11000, 0x63);
+    qb_data(b, 0x18000, 0x64);
+    uint64_t eof = b->len;
+    put64(b, b->l1_off + 8, ((eof + 0x10000) & ~511ull) | QCOW2_OFLAG_COPIED);
+    qb_set(b, 0x200, ((eof + 0x20000) & ~511ull) | QCOW2_OFLAG_COPIED, 0);
+    qb_set(b, 0x11200, ((eof - 256) & ~511ull) | QCOW2_OFLAG_COPIED, 0);  /* last sector */
+    b->len = (size_t)eof - 256;                                            /* cut in half */
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    check_range(img, b, 0, 512);
+    ck_assert_int_eq(read_err(img, 0x200, 512), -EIO);
+    ck_assert_int_eq(read_err(img, 0, 4096), -EIO);
+    ck_assert_int_eq(read_err(img, 0x8000, 512), -EIO);
+    ck_assert_int_eq(read_err(img, 0xffff, 2), -EIO);
+    check_range(img, b, 0x11000, 512);
+    ck_assert_int_eq(read_err(img, 0x11200, 512), -EIO);
+    check_range(img, b, 0x400, 0x7c00);
+    ck_assert(has_problem(img, "L1 entry 1"));
+    ck_assert(has_problem(img, "guest offset 0x200: data cluster"));
+    ck_assert(has_problem(img, "guest offset 0x11200: data cluster"));
+    struct vrun run;
+    top_map(img, 0x8000, 0x18000, &run);
+    ck_assert_int_eq(run.kind, VRUN_ERROR);
+    ck_assert_uint_eq(run.len, 0x8000);
+    /* Each problem is listed once however often it is hit. */
+    size_t n = nproblems(img);
+    ck_assert_int_eq(read_err(img, 0x8000, 512), -EIO);
+    ck_assert_int_eq(read_err(img, 0x200, 512), -EIO);
+    ck_assert_uint_eq(nproblems(img), n);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+/* Absurd L1 sizes and virtual sizes fail or are reported without huge
+ * allocations. */
+START_TEST(test_absurd_sizes)
+{
+    char *path;
+    struct qb *b = qb_new(3, 16, 1 << 20, false);
+    qb_finish(b);
+    put32(b, 36, 0xffffffffu);
+    path = qb_file(b);
+    struct vimage *img = open_img(path, -1);
+    ck_assert_ptr_nonnull(img);
+    ck_assert(img->top_failed);
+    ck_assert(has_problem(img, "L1 table"));
+    ck_assert_int_eq(read_err(img, 0, 512), -EIO);
+    vimage_unref(img);
+    unlink_free(path);
+
+    put32(b, 36, 1);
+    put64(b, 24, 1ull << 62);            /* does not fit one L1 entry */
+    path = qb_file(b);
+    img = open_img(path, -1);
+    ck_assert(img->top_failed);
+    ck_assert(has_problem(img, "too small"));
+    vimage_unref(img);
+    unlink_free(path);
+
+    put64(b, 24, UINT64_MAX);
+    path = qb_file(b);
+    img = open_img(path, -1);
+    ck_assert(img->top_failed);
+    vimage_unref(img);
+    unlink_free(path);
+
+    /* 2 PiB with a 4 Mi-entry L1 table the small file does not hold. */
+    put32(b, 36, 4u << 20);
+    put64(b, 24, (4ull << 20) << 29);
+    path = qb_file(b);
+    img = open_img(path, -1);
+    ck_assert(!img->top_failed);
+    ck_assert_uint_eq(img->size, (4ull << 20) << 29);
+    ck_assert(has_problem(img, "past the end of the file"));
+    ck_assert_int_eq(read_err(img, 0, 512), 0);   /* entries the file holds */
+    ck_assert_int_eq(read_err(img, img->size - 512, 512), -EIO);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+/* Offsets that are not cluster aligned. */
+START_TEST(test_unaligned)
+{
+    struct qb *b = qb_new(3, 12, 4 << 20, false);  /* 2 L1 entries */
+    qb_data(b, 0, 0x71);
+    uint64_t h = qb_data(b, 0x1000, 0x72);
+    qb_data(b, 0x200000, 0x73);
+    qb_set(b, 0x1000, (h + 512) | QCOW2_OFLAG_COPIED, 0);
+    uint64_t l2 = get64(b, b->l1_off + 8) & QCOW2_L1E_OFFSET_MASK;
+    char *path;
+    put64(b, b->l1_off + 8, (l2 + 1024) | QCOW2_OFLAG_COPIED);
+    struct vimage *img = qb_open(b, &path);
+    check_range(img, b, 0, 0x1000);
+    ck_assert_int_eq(read_err(img, 0x1000, 0x1000), -EIO);
+    ck_assert_int_eq(read_err(img, 0x200000, 0x1000), -EIO);
+    check_range(img, b, 0x2000, 0x1000);
+    ck_assert(has_problem(img, "not cluster aligned"));
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+/* Version 2 images have no zero flag: such an entry is damage. */
+START_TEST(test_v2_zero_flag)
+{
+    struct qb *b = qb_new(2, 16, 1 << 20, false);
+    qb_data(b, 0, 0x21);
+    qb_set(b, 0x10000, QCOW2_OFLAG_ZERO, 0);
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    check_range(img, b, 0, 0x10000);
+    ck_assert_int_eq(read_err(img, 0x10000, 512), -EIO);
+    ck_assert(has_problem(img, "version 2"));
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+/* Extended L2 entries over a backing file. */
+START_TEST(test_subclusters)
+{
+    uint64_t vsize = 512 << 10;
+    char *base = raw_file(vsize, 0xe0);
+    struct qb *b = qb_new(3, 16, vsize, true);       /* 2 KiB subclusters */
+    snprintf(b->backing, sizeof(b->backing), "%s", base);
+    qb_ext(b, QCOW2_EXT_BACKING_FMT, "raw", 3);
+    fill_pattern(b->exp, (size_t)vsize, 0xe0, 0);
+    /* Cluster 0: subclusters 0-3 data, 4-5 zero, 6.. backing. */
+    qb_l2(b, 0);
+    uint64_t host = qb_alloc(b, 1);
+    fill_pattern(b->d + host, 0x2000, 0x81, 0);
+    fill_pattern(b->exp, 0x2000, 0x81, 0);
+    memset(b->exp + 0x2000, 0, 0x1000);
+    qb_set(b, 0, host | QCOW2_OFLAG_COPIED, 0xfull | 0x30ull << 32);
+    /* Cluster 1: no host cluster, every subcluster zero but 31. */
+    qb_set(b, 0x10000, 0, 0x7fffffffull << 32);
+    memset(b->exp + 0x10000, 0, 0xf800);
+    /* Cluster 2: subcluster 0 both allocated and zero; cluster 3:
+     * allocated subcluster without a host cluster. */
+    uint64_t h2 = qb_alloc(b, 1);
+    qb_set(b, 0x20000, h2 | QCOW2_OFLAG_COPIED, 1 | 1ull << 32);
+    qb_set(b, 0x30000, 0, 2);
+    /* Cluster 4: subclusters 1-2 data, and the file ends right after
+     * them, as qemu leaves a file whose last cluster is partly written. */
+    uint64_t last = qb_alloc(b, 1);
+    fill_pattern(b->d + last + 0x800, 0x1000, 0x82, 0x40800);
+    fill_pattern(b->exp + 0x40800, 0x1000, 0x82, 0x40800);
+    qb_set(b, 0x40000, last | QCOW2_OFLAG_COPIED, 0x6);
+    b->len = (size_t)(last + 0x1800);
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    ck_assert_uint_eq(img->nlayers, 2);
+    check_range(img, b, 0, 0x20000);
+    check_range(img, b, 0x40000, 0x10000);
+    check_range(img, b, 0x50000, (size_t)vsize - 0x50000);
+    ck_assert_int_eq(read_err(img, 0x20000, 512), -EIO);
+    ck_assert_int_eq(read_err(img, 0x2f000, 512), -EIO);
+    ck_assert_int_eq(read_err(img, 0x30000, 512), -EIO);
+    ck_assert(has_problem(img, "both allocated and zero"));
+    ck_assert(has_problem(img, "without a host cluster"));
+    struct vrun run;
+    top_map(img, 0, vsize, &run);
+    ck_assert_int_eq(run.kind, VRUN_DATA);
+    ck_assert_uint_eq(run.len, 0x2000);
+    top_map(img, 0x800, vsize - 0x800, &run);
+    ck_assert_uint_eq(run.len, 0x1800);
+    ck_assert_uint_eq(run.src_off, host + 0x800);
+    top_map(img, 0x2000, vsize - 0x2000, &run);
+    ck_assert_int_eq(run.kind, VRUN_ZERO);
+    ck_assert_uint_eq(run.len, 0x1000);
+    top_map(img, 0x3000, vsize - 0x3000, &run);
+    ck_assert_int_eq(run.kind, VRUN_BACKING);
+    ck_assert_uint_eq(run.len, 0xd000);
+    char *j = report_json(img);
+    ck_assert_ptr_nonnull(strstr(j, "\"extended_l2\": true"));
+    ck_assert_ptr_nonnull(strstr(j, "\"subcluster_size\": 2048"));
+    free(j);
+    vimage_unref(img);
+    unlink_free(path);
+    unlink_free(base);
+    qb_free(b);
+}
+END_TEST
+
+/* Compressed clusters, zlib (_i == 0) or zstd (_i == 1): good ones, a
+ * corrupt one, one whose last sector runs past the end of the file. */
+START_TEST(test_compressed)
+{
+    bool zstd = _i == 1;
+    struct qb *b = qb_new(3, 16, 1 << 20, false);
+    if (zstd) {
+        b->compression = QCOW2_COMPRESSION_ZSTD;
+        b->incompat |= QCOW2_INCOMPAT_COMPRESSION;
+    }
+    qb_compressed(b, 0, 0x91);
+    qb_compressed(b, 0x10000, 0x92);
+    qb_data(b, 0x20000, 0x93);
+    uint8_t junk[700];
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (uint8_t)(0xff - i * 7);
+    qb_put_compressed(b, 0x30000, junk, sizeof(junk));
+    qb_compressed(b, 0x40000, 0x94);     /* ends the file mid-sector */
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    check_range(img, b, 0, 0x30000);
+    check_range(img, b, 0x40000, 0x10000);
+    for (uint64_t off = 0; off < 0x20000; off += 4096)
+        check_range(img, b, off, 4096);
+    check_range(img, b, 0x50000, 0x10000);
+    ck_assert_int_eq(read_err(img, 0x30000, 4096), -EIO);
+    ck_assert_int_eq(read_err(img, 0x3f000, 4096), -EIO);
+    ck_assert(has_problem(img, zstd ? "corrupt zstd data" : "corrupt deflate data"));
+    ck_assert_uint_eq(nproblems(img), 1);
+    struct vrun run;
+    top_map(img, 0x1000, b->vsize - 0x1000, &run);
+    ck_assert_int_eq(run.kind, VRUN_DECODE);
+    ck_assert_uint_eq(run.len, 0x1f000);
+    char *j = report_json(img);
+    ck_assert_ptr_nonnull(strstr(j, zstd ? "\"compression\": \"zstd\""
+                                         : "\"compression\": \"zlib\""));
+    free(j);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+struct thr {
+    struct vimage *img;
+    struct qb *b;
+    unsigned seed;
+    int bad;
+};
+
+static void *reader_thread(void *arg)
+{
+    struct thr *t = arg;
+    uint8_t buf[8192];
+    for (int i = 0; i < 400; i++) {
+        t->seed = t->seed * 1103515245u + 12345u;
+        uint64_t off = (t->seed >> 8) % (t->b->vsize - sizeof(buf));
+        if (vimage_read(t->img, buf, sizeof(buf), off) != 0 ||
+            memcmp(buf, t->b->exp + off, sizeof(buf)))
+            t->bad++;
+    }
+    return NULL;
+}
+
+/* Many threads decompressing at once, each with its own decompressor. */
+START_TEST(test_compressed_threads)
+{
+    struct qb *b = qb_new(3, 14, 1 << 20, false);
+    b->compression = _i ? QCOW2_COMPRESSION_ZSTD : 0;
+    b->incompat |= _i ? QCOW2_INCOMPAT_COMPRESSION : 0;
+    for (uint64_t g = 0; g < b->vsize; g += b->cs)
+        if ((g / b->cs) % 5 == 4)
+            qb_data(b, g, (uint8_t)g);
+        else
+            qb_compressed(b, g, (uint8_t)(g >> 14));
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    struct thr t[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        t[i] = (struct thr){img, b, (unsigned)i * 7919u + 1, 0};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, reader_thread, &t[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        ck_assert_int_eq(t[i].bad, 0);
+    }
+    check_all(img, b);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+START_TEST(test_unknown_feature)
+{
+    struct qb *b = qb_new(3, 16, 1 << 20, false);
+    b->incompat |= 1ull << 5 | 1ull << 40;
+    qb_feature(b, 0, 5, "frobnication");
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(img->top_failed);
+    ck_assert(has_problem(img, "frobnication (bit 5)"));
+    ck_assert(has_problem(img, "bit 40"));
+    ck_assert_int_eq(read_err(img, 0, 512), -EIO);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+START_TEST(test_encrypted)
+{
+    struct qb *b = qb_new(3, 16, 1 << 20, false);
+    b->crypt = (uint32_t)_i + 1;
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(img->top_failed);
+    ck_assert(has_problem(img, _i ? "encrypted (LUKS)" : "encrypted (AES)"));
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+START_TEST(test_dirty_corrupt)
+{
+    struct qb *b = qb_new(3, 16, 1 << 20, false);
+    b->incompat |= QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT;
+    b->compat |= QCOW2_COMPAT_LAZY_REFCOUNTS;
+    qb_data(b, 0x10000, 0xa1);
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    check_all(img, b);
+    char *j = report_json(img);
+    ck_assert_ptr_nonnull(strstr(j, "\"dirty\": true"));
+    ck_assert_ptr_nonnull(strstr(j, "\"corrupt\": true"));
+    ck_assert_ptr_nonnull(strstr(j, "\"lazy_refcounts\": true"));
+    ck_assert_ptr_nonnull(strstr(j, "\"dirty bit\""));
+    free(j);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+/* An external data file: host offsets are guest offsets, 0 included. */
+START_TEST(test_data_file)
+{
+    uint64_t vsize = 1 << 20;
+    char *raw = raw_file(vsize, 0xb0);
+    struct qb *b = qb_new(3, 16, vsize, false);
+    b->incompat |= QCOW2_INCOMPAT_DATA_FILE;
+    b->autoclear |= QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    bool missing = _i == 1;
+    const char *name = missing ? "/nonexistent/vmfs-data.raw" : raw;
+    qb_ext(b, QCOW2_EXT_DATA_FILE, name, (uint32_t)strlen(name));
+    qb_set(b, 0, QCOW2_OFLAG_COPIED, 0);
+    qb_set(b, 0x10000, 0x10000 | QCOW2_OFLAG_COPIED, 0);
+    qb_set(b, 0x30000, 0x40000 | QCOW2_OFLAG_COPIED, 0);  /* not its guest offset */
+    qb_set(b, 0x50000, QCOW2_OFLAG_ZERO | QCOW2_OFLAG_COPIED, 0);
+    fill_pattern(b->exp, 0x20000, 0xb0, 0);
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    if (missing) {
+        ck_assert_int_eq(read_err(img, 0, 512), -EIO);
+        ck_assert(has_problem(img, "external data file"));
+        check_range(img, b, 0x20000, 0x10000);
+    } else {
+        check_range(img, b, 0, 0x30000);
+        check_range(img, b, 0x40000, (size_t)vsize - 0x40000);
+        ck_assert_int_eq(read_err(img, 0x30000, 512), -EIO);
+        ck_assert(has_problem(img, "differs from the guest offset"));
+        char *j = report_json(img);
+        ck_assert_ptr_nonnull(strstr(j, "\"data_file_raw\": true"));
+        ck_assert_ptr_nonnull(strstr(j, raw));
+        free(j);
+    }
+    vimage_unref(img);
+    unlink_free(path);
+    unlink_free(raw);
+    qb_free(b);
+}
+END_TEST
+
+/* Writes one snapshot table entry at *pos; extra is 0 or 16 bytes. */
+static void put_snapshot(struct qb *b, uint64_t *pos, uint64_t l1_off, uint32_t l1_size,
+                         const char *id, const char *name, uint32_t extra, uint64_t disk)
+{
+    uint64_t p = *pos;
+    put64(b, p, l1_off);
+    put32(b, p + 8, l1_size);
+    put16(b, p + 12, (uint16_t)strlen(id));
+    put16(b, p + 14, (uint16_t)strlen(name));
+    put32(b, p + 16, 1700000000u);
+    put32(b, p + 20, 5);
+    put64(b, p + 24, 123456789);
+    put32(b, p + 32, 0);
+    put32(b, p + 36, extra);
+    if (extra >= 16) {
+        put64(b, p + 40, 0);
+        put64(b, p + 48, disk);
+    }
+    put_bytes(b, p + 40 + extra, id, strlen(id));
+    put_bytes(b, p + 40 + extra + strlen(id), name, strlen(name));
+    *pos = p + ((40 + extra + strlen(id) + strlen(name) + 7) & ~7ull);
+}
+
+START_TEST(test_snapshots)
+{
+    struct qb *b = qb_new(3, 12, 64 << 10, false);
+    qb_data(b, 0, 0xc1);
+    /* Snapshot "before": its own L1 and L2, a 32 KiB disk. */
+    uint64_t cur_l1 = b->l1_off;
+    uint64_t sl1 = qb_alloc(b, 1);
+    b->l1_off = sl1;
+    uint8_t *keep = malloc((size_t)b->vsize);
+    memcpy(keep, b->exp, (size_t)b->vsize);
+    qb_data(b, 0, 0xd1);
+    qb_data(b, 0x1000, 0xd2);
+    uint8_t *snap_exp = malloc(32 << 10);
+    memcpy(snap_exp, b->exp, 32 << 10);
+    memcpy(b->exp, keep, (size_t)b->vsize);
+    b->l1_off = cur_l1;
+    b->nb_snap = 3;
+    b->snap_off = qb_alloc(b, 1);
+    uint64_t pos = b->snap_off;
+    put_snapshot(b, &pos, sl1, 1, "1", "before", 16, 32 << 10);
+    put_snapshot(b, &pos, cur_l1, 1, "2", "", 0, 0);
+    put_snapshot(b, &pos, sl1 + 8, 1, "3", "bad l1", 16, 32 << 10);
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    check_all(img, b);
+    ck_assert_uint_eq(vimage_snapshot_count(img), 3);
+    const struct vsnap *s = vimage_snapshot(img, 0);
+    ck_assert_str_eq(s->id, "1");
+    ck_assert_str_eq(s->name, "before");
+    ck_assert_uint_eq(s->disk_size, 32 << 10);
+    ck_assert_int_eq(s->date_sec, 1700000000);
+    ck_assert_uint_eq(s->date_nsec, 5);
+    ck_assert_uint_eq(s->vm_clock_nsec, 123456789);
+    s = vimage_snapshot(img, 1);
+    ck_assert_str_eq(s->name, "");
+    ck_assert_uint_eq(s->disk_size, 64 << 10);   /* no extra data: the header's */
+    char *j = report_json(img);
+    ck_assert_ptr_nonnull(strstr(j, "\"snapshot_table\""));
+    free(j);
+    vimage_unref(img);
+
+    img = open_img(path, 0);
+    ck_assert(!img->top_failed);
+    ck_assert_uint_eq(img->size, 32 << 10);
+    uint8_t buf[32 << 10];
+    ck_assert_int_eq(vimage_read(img, buf, sizeof(buf), 0), 0);
+    ck_assert(!memcmp(buf, snap_exp, sizeof(buf)));
+    vimage_unref(img);
+
+    img = open_img(path, 1);
+    ck_assert(!img->top_failed);
+    check_all(img, b);
+    vimage_unref(img);
+
+    img = open_img(path, 2);
+    ck_assert(img->top_failed);
+    ck_assert(has_problem(img, "L1 table of snapshot 3"));
+    vimage_unref(img);
+    unlink_free(path);
+    free(keep);
+    free(snap_exp);
+    qb_free(b);
+}
+END_TEST
+
+/* A damaged snapshot table hides the snapshots, not the disk. */
+START_TEST(test_bad_snapshot_table)
+{
+    static const char *const want[] = {
+        "past the end of the file", "more than 65536", "extra data", "past the end of the file",
+    };
+    struct qb *b = qb_new(3, 12, 64 << 10, false);
+    qb_data(b, 0, 0xe1);
+    switch (_i) {
+    case 0:
+        b->nb_snap = 1;
+        b->snap_off = (b->len + 0x10000) & ~0xfffull;
+        break;
+    case 1:
+        b->nb_snap = 70000;
+        b->snap_off = qb_alloc(b, 1);
+        break;
+    case 2: {
+        b->nb_snap = 1;
+        b->snap_off = qb_alloc(b, 1);
+        uint64_t pos = b->snap_off;
+        put_snapshot(b, &pos, b->l1_off, 1, "1", "x", 16, 0);
+        put32(b, b->snap_off + 36, 5000);
+        break;
+    }
+    default: {
+        b->nb_snap = 2;           /* the second entry is cut off */
+        b->snap_off = qb_alloc(b, 1);
+        uint64_t pos = b->snap_off;
+        put_snapshot(b, &pos, b->l1_off, 1, "1", "x", 16, 0);
+        b->len = (size_t)pos + 20;
+        break;
+    }
+    }
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    ck_assert(has_problem(img, want[_i]));
+    ck_assert_uint_eq(vimage_snapshot_count(img), 0);
+    check_all(img, b);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+START_TEST(test_header_extensions)
+{
+    struct qb *b = qb_new(3, 12, 64 << 10, false);
+    qb_data(b, 0, 0xf1);
+    char *path;
+    /* An extension longer than the header cluster. */
+    qb_ext(b, 0x12345678, "abc", 3);
+    qb_finish(b);
+    put32(b, 104 + 4, 0xfffffff0u);
+    path = qb_file(b);
+    struct vimage *img = open_img(path, -1);
+    ck_assert(img->top_failed);
+    ck_assert(has_problem(img, "header extension"));
+    vimage_unref(img);
+    unlink_free(path);
+
+    /* The cluster full of empty unknown extensions and no end marker. */
+    for (uint64_t off = 104; off < b->cs; off += 8) {
+        put32(b, off, 0x7777);
+        put32(b, off + 4, 0);
+    }
+    path = qb_file(b);
+    img = open_img(path, -1);
+    ck_assert(!img->top_failed);
+    check_all(img, b);
+    vimage_unref(img);
+    unlink_free(path);
+
+    /* A backing format name too long to be one. */
+    memset(b->d + 104, 0, (size_t)b->cs - 104);
+    b->extlen = 0;
+    qb_ext(b, QCOW2_EXT_BACKING_FMT, "a-very-long-format-name", 23);
+    qb_finish(b);
+    path = qb_file(b);
+    img = open_img(path, -1);
+    ck_assert(img->top_failed);
+    ck_assert(has_problem(img, "backing format"));
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+START_TEST(test_truncated_header)
+{
+    struct qb *b = qb_new(3, 16, 1 << 20, false);
+    qb_finish(b);
+    static const size_t cuts[] = {8, 50, 90};
+    for (size_t i = 0; i < VMFS_ARRAY_SIZE(cuts); i++) {
+        char *path = unit_tmpfile(b->d, cuts[i], "qcow2");
+        struct vimage *img = open_img(path, -1);
+        ck_assert_ptr_nonnull(img);
+        ck_assert(img->top_failed);
+        ck_assert(has_problem(img, "truncated"));
+        ck_assert_int_eq(read_err(img, 0, 512), -EIO);
+        vimage_unref(img);
+        unlink_free(path);
+    }
+    char *path = unit_tmpfile("", 0, "qcow2");
+    struct vimage *img = open_img(path, -1);
+    if (img) {
+        ck_assert(img->top_failed || img->size == 0);
+        vimage_unref(img);
+    }
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+/* qemu sees the virtual size in whole 512-byte sectors. */
+START_TEST(test_size_rounding)
+{
+    struct qb *b = qb_new(3, 16, 1 << 20, false);
+    qb_data(b, 0, 0x31);
+    qb_finish(b);
+    put64(b, 24, 1000);
+    char *path = qb_file(b);
+    struct vimage *img = open_img(path, -1);
+    ck_assert(!img->top_failed);
+    ck_assert_uint_eq(img->size, 512);
+    check_range(img, b, 0, 512);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+START_TEST(test_probe)
+{
+    uint8_t h[8] = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 3};
+    ck_assert_int_eq(vfmt_qcow2.probe(h, 8, 1 << 20, "x"), 100);
+    h[7] = 1;   /* qcow version 1: not ours */
+    ck_assert_int_eq(vfmt_qcow2.probe(h, 8, 1 << 20, "x"), 0);
+    h[0] = 'X';
+    ck_assert_int_eq(vfmt_qcow2.probe(h, 8, 1 << 20, "x"), 0);
+    ck_assert_int_eq(vfmt_qcow2.probe(h, 0, 0, "x"), 0);
+}
+END_TEST
+
+static Suite *qcow2_suite(void)
+{
+    Suite *s = suite_create("qcow2");
+    TCase *t = tcase_create("pure");
+    tcase_add_test(t, test_classify);
+    tcase_add_test(t, test_compressed_desc);
+    tcase_add_test(t, test_l1_entries);
+    tcase_add_test(t, test_parse_header);
+    tcase_add_test(t, test_probe);
+    suite_add_tcase(s, t);
+
+    t = tcase_create("images");
+    tcase_set_timeout(t, 60);
+    tcase_add_loop_test(t, test_basic_versions, 2, 4);
+    tcase_add_loop_test(t, test_cluster_sizes, 0, 3);
+    tcase_add_test(t, test_l1_at_end);
+    tcase_add_test(t, test_past_eof);
+    tcase_add_test(t, test_absurd_sizes);
+    tcase_add_test(t, test_unaligned);
+    tcase_add_test(t, test_v2_zero_flag);
+    tcase_add_test(t, test_subclusters);
+    tcase_add_loop_test(t, test_compressed, 0, 2);
+    tcase_add_loop_test(t, test_compressed_threads, 0, 2);
+    tcase_add_test(t, test_unknown_feature);
+    tcase_add_loop_test(t, test_encrypted, 0, 2);
+    tcase_add_test(t, test_dirty_corrupt);
+    tcase_add_loop_test(t, test_data_file, 0, 2);
+    tcase_add_test(t, test_snapshots);
+    tcase_add_loop_test(t, test_bad_snapshot_table, 0, 4);
+    tcase_add_test(t, test_header_extensions);
+    tcase_add_test(t, test_truncated_header);
+    tcase_add_test(t, test_size_rounding);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void)
+{
+    return unit_run(qcow2_suite());
+}
