@@ -148,12 +148,14 @@ vmfs_umount() {
         echo "fusermount3 -u $mnt failed; unmounting lazily"
         timeout 30 fusermount3 -uz "$mnt" || umount -l "$mnt"
     fi
+    [ -n "$pid" ] || return 0
     if ! wait_gone "$pid" 30; then
         echo "vmfs (pid $pid) still runs 30 s after unmount; killing it"
         kill -KILL "$pid" 2>/dev/null
         wait "$pid" 2>/dev/null
         return 1
     fi
+    [ "$log" != - ] || return 0    # daemonized: not our child, no status
     wait "$pid"
     status=$?
     if [ "$status" -ne 0 ]; then
@@ -162,6 +164,29 @@ vmfs_umount() {
         return 1
     fi
     sanitizer_clean "$log"
+}
+
+# daemon_pid MOUNTPOINT: the pid of the vmfs daemon serving MOUNTPOINT
+# (found by its command line), empty if there is none.
+daemon_pid() {
+    local p arg
+    for p in /proc/[0-9]*; do
+        [ "$(basename "$(readlink "$p/exe" 2>/dev/null)")" = vmfs ] || continue
+        while IFS= read -r -d '' arg; do
+            if [ "$arg" = "$1" ]; then
+                basename "$p"
+                return 0
+            fi
+        done <"$p/cmdline" 2>/dev/null
+    done
+}
+
+# track_mount MOUNTPOINT: have finish() and the EXIT trap unmount a mount
+# that vmfs made while daemonizing (through mount.fuse3 or without -f).
+track_mount() {
+    MNTS+=("$1")
+    PIDS+=("$(daemon_pid "$1")")
+    LOGS+=(-)
 }
 
 # daemon_alive: the most recently mounted vmfs still runs and is mounted.
@@ -179,6 +204,7 @@ cleanup() {
                 timeout 30 fusermount3 -uz "${MNTS[$i]}" 2>/dev/null ||
                 umount -l "${MNTS[$i]}" 2>/dev/null
         fi
+        [ -n "${PIDS[$i]}" ] || continue
         if ! wait_gone "${PIDS[$i]}" 10; then
             kill -TERM "${PIDS[$i]}" 2>/dev/null
             wait_gone "${PIDS[$i]}" 5 || kill -KILL "${PIDS[$i]}" 2>/dev/null

@@ -45,6 +45,11 @@ import sys
 CHUNK = 1 << 20
 
 
+def u64(text):
+    """A 64-bit table entry; negative input is bash's two's complement."""
+    return num(text) & 0xffffffffffffffff
+
+
 def num(text):
     """Parses 4096, 0x1000, 4K, 1M, 2G."""
     text = text.strip()
@@ -400,7 +405,7 @@ def cmd_qcow2_header(args):
 
 
 def cmd_qcow2_poke(args):
-    path, off, bits, val = args[0], num(args[1]), int(args[2]), num(args[3])
+    path, off, bits, val = args[0], num(args[1]), int(args[2]), u64(args[3])
     fmt = {8: ">B", 16: ">H", 32: ">I", 64: ">Q"}[bits]
     with open(path, "r+b") as f:
         f.seek(off)
@@ -412,7 +417,7 @@ def cmd_qcow2_l1(args):
     q = Qcow2(args[0])
     off = q.l1_entry_offset(num(args[1]))
     if len(args) > 2:
-        q.write(off, struct.pack(">Q", num(args[2])))
+        q.write(off, struct.pack(">Q", u64(args[2])))
     else:
         print("0x%016x" % q.read_u64(off))
     return 0
@@ -422,7 +427,7 @@ def cmd_qcow2_l2(args):
     q = Qcow2(args[0])
     off = q.l2_entry_offset(num(args[1]))
     if len(args) > 2:
-        q.write(off, struct.pack(">Q", num(args[2])))
+        q.write(off, struct.pack(">Q", u64(args[2])))
     else:
         print("0x%016x" % q.read_u64(off))
     return 0

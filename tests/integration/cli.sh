@@ -1,0 +1,175 @@
+#!/bin/bash
+# vmfs: the command line.  --help and --version succeed; every bad command
+# line gives one line on stderr, a non-zero exit and no mount; vmfs
+# daemonizes without -f; a single image works as SOURCE; vmfs's own -o
+# options are accepted; mount.fuse3 and mount -t fuse.vmfs find vmfs on PATH.
+# shellcheck source=tests/integration/lib.sh disable=SC1091,SC2317
+. "${top_srcdir:-$(dirname "$0")/../..}/tests/integration/lib.sh"
+
+need qemu-img qemu-io python3 jq
+need_fuse
+need_vmfs_info
+
+SRC=$WORK/src
+MNT=$WORK/mnt
+REF=$WORK/ref
+mkdir -p "$SRC" "$MNT" "$REF" "$WORK/full"
+qemu-img create -q -f qcow2 "$SRC/disk.qcow2" 4M || hard_error "qemu-img create"
+qemu-io -f qcow2 -c "write -P 0x3c 1M 64K" "$SRC/disk.qcow2" >/dev/null || hard_error "qemu-io"
+ref_raw "$SRC/disk.qcow2" "$REF/disk" || hard_error "qemu-img convert"
+echo "not an image" >"$WORK/notes.txt"
+echo "something" >"$WORK/full/file"
+: >"$WORK/plainfile"
+# shellcheck disable=SC2154  # set by make check or lib.sh
+VERSION=$(sed -n 's/^#define PACKAGE_VERSION "\(.*\)"$/\1/p' "$top_builddir/config.h" 2>/dev/null)
+
+# ---- --help and --version ---------------------------------------------------
+# succeeds_with PATTERN COMMAND...: exit 0 and stdout matches PATTERN.
+succeeds_with() {
+    local out
+    out=$(t "${@:2}" 2>&1) || { echo "$* exited $?"; return 1; }
+    grep -qE -- "$1" <<<"$out" || { echo "$*: output lacks /$1/:"; echo "$out"; return 1; }
+}
+check "vmfs --help exits 0 and shows the usage" succeeds_with 'SOURCE.*MOUNTPOINT' "$VMFS" --help
+for o in allow_external_backing cache_size max_chain; do
+    check "vmfs --help documents -o $o" succeeds_with "$o" "$VMFS" --help
+done
+check "vmfs --version exits 0 and prints the version" succeeds_with "vmfs.*${VERSION:-[0-9]}" "$VMFS" --version
+check "vmfs-info --help exits 0" succeeds_with 'IMAGE' "$VMFS_INFO" --help
+check "vmfs-info --version exits 0" succeeds_with "${VERSION:-[0-9]}" "$VMFS_INFO" --version
+
+# ---- bad command lines ----------------------------------------------------------
+# refused DESCRIPTION ARG...: vmfs ARG... exits non-zero with exactly one
+# line on stderr, mounts nothing and leaves no daemon behind.
+refused() {
+    local what=$1 status lines
+    shift
+    timeout -k 5 30 "$VMFS" "$@" >"$WORK/out" 2>"$WORK/err" </dev/null
+    status=$?
+    lines=$(awk 'END { print NR }' "$WORK/err")
+    if is_mounted "$MNT"; then
+        track_mount "$MNT"
+        vmfs_umount "$MNT" >/dev/null
+        not_ok "$what: vmfs mounted"
+        return
+    fi
+    if [ "$status" -eq 0 ] || [ "$status" -ge 124 ] || [ "$lines" -ne 1 ] || ! sanitizer_clean "$WORK/err"; then
+        not_ok "$what: exit status $status, $lines lines on stderr (expected non-zero and 1):"
+        sed 's/^/  | /' "$WORK/err"
+        return
+    fi
+    ok "$what: exit $status, one line: $(cat "$WORK/err")"
+}
+refused "no arguments"
+refused "only SOURCE" "$SRC"
+refused "three operands" "$SRC" "$MNT" "$WORK/full"
+refused "missing SOURCE" "$WORK/no-such-dir" "$MNT"
+refused "SOURCE that is no image" "$WORK/notes.txt" "$MNT"
+refused "MOUNTPOINT that does not exist" "$SRC" "$WORK/no-such-mnt"
+refused "MOUNTPOINT that is not empty" "$SRC" "$WORK/full"
+refused "MOUNTPOINT that is a file" "$SRC" "$WORK/plainfile"
+refused "unknown long option" --no-such-option "$SRC" "$MNT"
+refused "unknown short option" -Y "$SRC" "$MNT"
+refused "unknown -o option" -o no_such_option "$SRC" "$MNT"
+refused "-o cache_size without a size" -o cache_size=lots "$SRC" "$MNT"
+refused "-o cache_size with a bad suffix" -o cache_size=12Q "$SRC" "$MNT"
+refused "-o max_chain not a number" -o max_chain=deep "$SRC" "$MNT"
+refused "-o max_chain negative" -o max_chain=-1 "$SRC" "$MNT"
+refused "missing SOURCE with -f" -f "$WORK/no-such-dir" "$MNT"
+lists_empty() { [ -z "$(ls -A "$1")" ]; }
+check "nothing is left in the mount point" lists_empty "$MNT"
+
+# vmfs-info: a missing file and a non-image fail with one line on stderr.
+info_refused() {
+    local status lines
+    t "$VMFS_INFO" "$@" >"$WORK/out" 2>"$WORK/err"
+    status=$?
+    lines=$(awk 'END { print NR }' "$WORK/err")
+    if [ "$status" -eq 0 ] || [ "$status" -ge 124 ] || [ "$lines" -ne 1 ]; then
+        echo "exit $status, $lines lines on stderr:"
+        cat "$WORK/err"
+        return 1
+    fi
+}
+check "vmfs-info on a missing file: non-zero, one line" info_refused "$WORK/no-such.qcow2"
+check "vmfs-info on a non-image: non-zero, one line" info_refused "$WORK/notes.txt"
+check "vmfs-info with an unknown option: non-zero, one line" info_refused --no-such-option "$SRC/disk.qcow2"
+check "vmfs-info prints the report" succeeds_with 'virtual size: 4194304 bytes' "$VMFS_INFO" "$SRC/disk.qcow2"
+json_out() { t "$VMFS_INFO" --json "$SRC/disk.qcow2" | jq -e '.virtual_size == 4194304' >/dev/null; }
+check "vmfs-info --json prints JSON" json_out
+
+# ---- mounting ----------------------------------------------------------------------
+reads_right() { same_file "$MNT/disk.qcow2" "$REF/disk"; }
+
+# Daemonized: vmfs returns once mounted, serves, and exits on unmount.
+daemonized() {
+    t "$VMFS" "$@" "$SRC" "$MNT" || { echo "vmfs exited $?"; return 1; }
+    is_mounted "$MNT" || { echo "not mounted after vmfs returned"; return 1; }
+    track_mount "$MNT"
+}
+if check "vmfs without -f daemonizes and returns 0 once mounted" daemonized; then
+    pid=$(daemon_pid "$MNT")
+    check "the daemon runs in the background" test -n "$pid"
+    check "the daemonized vmfs serves reads" reads_right
+    check "fusermount3 -u unmounts it" vmfs_umount "$MNT"
+    check "the daemon exits after unmount" wait_gone "${pid:-0}" 10
+fi
+
+# Foreground with options, some after the operands as mount.fuse3 passes them.
+for opts in "-s" "-o cache_size=1M" "-o cache_size=64K,max_chain=2" "-o allow_external_backing" \
+    "-o max_chain=2" "-d"; do
+    # shellcheck disable=SC2086
+    if vmfs_mount "$SRC" "$MNT" $opts; then
+        check "vmfs -f $opts: reads right" reads_right
+        check "vmfs -f $opts: unmounts cleanly" vmfs_umount "$MNT"
+    else
+        not_ok "vmfs -f $opts mounts"
+    fi
+done
+check "-d logs FUSE requests on stderr" test -s "$VMFS_LOG"
+fg_after() {
+    "$VMFS" "$SRC" "$MNT" -o ro -f >"$WORK/fg.log" 2>&1 </dev/null &
+    local pid=$! i
+    for ((i = 0; i < 300; i++)); do
+        is_mounted "$MNT" && break
+        sleep 0.1
+    done
+    MNTS+=("$MNT")
+    PIDS+=("$pid")
+    LOGS+=("$WORK/fg.log")
+    is_mounted "$MNT"
+}
+check "options after the operands (SOURCE MOUNTPOINT -o ro -f)" fg_after
+check "  ... reads right" reads_right
+check "  ... unmounts cleanly" vmfs_umount "$MNT"
+
+# A single image as SOURCE: the mount shows that image alone.
+if vmfs_mount "$SRC/disk.qcow2" "$MNT"; then
+    check "a single image as SOURCE shows NAME and NAME.d" \
+        diff -u <(printf '%s\n' disk.qcow2 disk.qcow2.d) <(t ls -A "$MNT" | sort)
+    check "a single image as SOURCE reads right" reads_right
+    check "a single image as SOURCE unmounts cleanly" vmfs_umount "$MNT"
+else
+    not_ok "vmfs -f SOURCE-IMAGE MOUNTPOINT mounts"
+fi
+
+# ---- mount.fuse3 and mount -t fuse.vmfs -----------------------------------------------
+via_helper() {  # via_helper COMMAND...: mount with a helper that runs `vmfs` from PATH
+    PATH="$top_builddir:$PATH" t "$@" || { echo "$* exited $?"; return 1; }
+    is_mounted "$MNT" || { echo "$*: nothing mounted"; return 1; }
+    track_mount "$MNT"
+    reads_right && vmfs_umount "$MNT"
+}
+if ! command -v mount.fuse3 >/dev/null; then
+    echo "mount.fuse3 not found: skipping the mount helper checks"
+elif [ "$(id -u)" != 0 ]; then
+    echo "not root: skipping the mount helper checks"
+else
+    check "mount.fuse3 vmfs#SOURCE MOUNTPOINT" via_helper mount.fuse3 "vmfs#$SRC" "$MNT"
+    check "mount.fuse3 SOURCE MOUNTPOINT -t vmfs -o ro" via_helper mount.fuse3 "$SRC" "$MNT" -t vmfs -o ro
+    check "mount -t fuse.vmfs SOURCE MOUNTPOINT" via_helper mount -t fuse.vmfs "$SRC" "$MNT"
+    check "mount -t fuse vmfs#SOURCE MOUNTPOINT -o ro" via_helper mount -t fuse "vmfs#$SRC" "$MNT" -o ro
+fi
+
+check_not "nothing is left mounted" is_mounted "$MNT"
+finish
