@@ -5,7 +5,7 @@
 # image listed with info saying why, reads needing them fail with EIO, and
 # the daemon keeps running.  -o allow_external_backing,max_chain=N lift the
 # limits.
-# shellcheck source=tests/integration/lib.sh disable=SC1091
+# shellcheck source=tests/integration/lib.sh disable=SC1091,SC2317
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/integration/lib.sh"
 
 need qemu-img qemu-io python3 jq

@@ -2,7 +2,7 @@
 # vmfs: every qcow2 variant and raw images read byte-identical to
 # `qemu-img convert -O raw`, with st_size, holes (SEEK_DATA/SEEK_HOLE,
 # st_blocks) and info.json right; writes fail with EROFS; SOURCE untouched.
-# shellcheck source=tests/integration/lib.sh disable=SC1091
+# shellcheck source=tests/integration/lib.sh disable=SC1091,SC2317
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/integration/lib.sh"
 
 need qemu-img qemu-io python3 jq

@@ -2,7 +2,7 @@
 # vmfs: internal qcow2 snapshots appear as NAME.d/snapshots/SNAP, each equal
 # to `qemu-img convert -l snapshot.id=ID`, at the snapshot's own disk size,
 # with SNAP.d/info(.json); empty, repeated and unusable names show as IDs.
-# shellcheck source=tests/integration/lib.sh disable=SC1091
+# shellcheck source=tests/integration/lib.sh disable=SC1091,SC2317
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/integration/lib.sh"
 
 need qemu-img qemu-io python3 jq
