@@ -94,6 +94,12 @@ struct vfmt_driver {
      * VRUN_ERROR run). */
     int (*map)(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run);
 
+    /* Optional: like map, but for allocation questions (SEEK_DATA/HOLE,
+     * st_blocks) where finding holes may cost more than reads should pay,
+     * e.g. asking the host file system about a raw file's holes.  Without
+     * it map answers both. */
+    int (*map_alloc)(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run);
+
     /* Produces the bytes of [off, off + len) that lie in one VRUN_DECODE run.
      * Returns 0 or a negative errno (-EIO for damage, recorded once). */
     int (*decode)(struct vlayer *l, void *buf, size_t len, uint64_t off);

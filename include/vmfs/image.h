@@ -80,10 +80,13 @@ struct vseg {
 struct vplan {
     struct vseg *segs;
     size_t nsegs, cap;
-    void *buf;         /* backing store of the mem segments */
+    void **bufs;       /* backing store of the mem segments */
+    size_t nbufs;
 };
-/* Plans a read of [off, off + len); on success plan holds segments that
- * add up to len.  Release with vplan_free (also after a failure). */
+#define VPLAN_INIT {NULL, 0, 0, NULL, 0}
+/* Plans a read of [off, off + len), appending segments that add up to len
+ * to plan (start from VPLAN_INIT).  Release with vplan_free (also after a
+ * failure). */
 int vimage_plan(struct vimage *img, uint64_t off, size_t len, struct vplan *plan);
 void vplan_free(struct vplan *plan);
 
@@ -95,7 +98,10 @@ int vimage_extent(struct vimage *img, uint64_t off, bool *data, uint64_t *len);
 /* Bytes of the disk that hold data (computed once, then remembered). */
 uint64_t vimage_allocated(struct vimage *img);
 
-/* Adds the image's facts: format, sizes, chain, snapshots, problems. */
+/* Adds the image's facts: format, sizes, chain, snapshots.  The problem
+ * list comes last, from vimage_report_problems, once every layer above
+ * has had its say. */
 void vimage_report(struct vimage *img, struct rep *root);
+void vimage_report_problems(struct vimage *img, struct rep *root);
 
 #endif

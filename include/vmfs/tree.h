@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "vmfs/image.h"
+#include "vmfs/vol.h"
 
 struct tree_opts {
     char *source;             /* real path of SOURCE */
@@ -25,6 +26,9 @@ struct timg {
     uint64_t gen;             /* unique per opening: a new one means new bytes */
     struct vimage *img;
     char *text, *json;        /* rendered lazily, under the tree lock */
+    struct vlayout *layout;   /* partitions and LVM, scanned lazily */
+    uint64_t *vol_alloc;      /* per volume: data bytes, UINT64_MAX unknown */
+    pthread_mutex_t view_lock;/* guards layout and vol_alloc */
     unsigned refs;
     struct timg *prev, *next; /* the tree's list, most recently used first */
 };
@@ -44,6 +48,26 @@ void tree_put(struct timg *t);
 
 /* The rendered info (json false) or info.json; valid while t is held. */
 const char *tree_report(struct timg *t, bool json, size_t *len);
+
+/* The partitions and logical volumes of t's disk, scanned on first use;
+ * their problems join the image's.  Valid while t is held. */
+const struct vlayout *tree_layout(struct timg *t);
+
+/* A readable view: t's whole disk (vol < 0) or one of its volumes. */
+struct vview {
+    struct timg *t;
+    long vol;                 /* index in tree_layout(t)->vols, or -1 */
+};
+uint64_t vview_size(const struct vview *v);
+int vview_read(const struct vview *v, void *buf, size_t len, uint64_t off);
+/* Appends the plan of [off, off + len) (see vimage_plan). */
+int vview_plan(const struct vview *v, uint64_t off, size_t len, struct vplan *plan);
+int vview_extent(const struct vview *v, uint64_t off, bool *data, uint64_t *len);
+uint64_t vview_allocated(const struct vview *v);
+
+/* The whole report of an image: its facts, its layout (may be NULL), its
+ * problems — what info, info.json and vmfs-info show. */
+void tree_build_report(struct vimage *img, const struct vlayout *lay, struct rep *r);
 
 /* The file name of snapshot i: its name when that is unique and usable as
  * a file name, else its ID.  malloc'ed. */

@@ -33,8 +33,18 @@ static int raw_open(struct vlayer *l)
     return 0;
 }
 
-/* Data up to the next host hole, or zeros up to the next host data. */
+/* For reads the whole file is data: holes read as zeros anyway. */
 static int raw_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
+{
+    run->len = len;
+    run->kind = VRUN_DATA;
+    run->src = l->file;
+    run->src_off = off;
+    return 0;
+}
+
+/* Data up to the next host hole, or zeros up to the next host data. */
+static int raw_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
 {
     int fd = l->file->fd;
     run->len = len;
@@ -67,5 +77,6 @@ const struct vfmt_driver vfmt_raw = {
     .probe = raw_probe,
     .open = raw_open,
     .map = raw_map,
+    .map_alloc = raw_map_alloc,
     .report = raw_report,
 };

@@ -20,7 +20,7 @@
 #include "fuse/fuse.h"
 #include "vmfs/image.h"
 
-enum nkind { N_DIR, N_DISK, N_DDIR, N_INFO, N_JSON, N_SNAPS };
+enum nkind { N_DIR, N_DISK, N_DDIR, N_INFO, N_JSON, N_SNAPS, N_VOL, N_VOLDIR };
 
 struct node {
     uint64_t ino, parent;
@@ -28,6 +28,8 @@ struct node {
     enum nkind kind;
     char *path;              /* N_DIR: the directory; else the image file */
     long snap;               /* -1: current state */
+    char *sub;               /* N_VOL: volume path ("p1", "lvm/vg/lv");
+                                N_VOLDIR: its directory ("lvm", "lvm/vg") */
     uint64_t nlookup;
     uint64_t served_gen;     /* image generation whose bytes the kernel caches */
     bool hashed;             /* findable by (parent, name) */
@@ -80,6 +82,7 @@ static void node_free(struct node *n)
     unhash_name(n);
     free(n->name);
     free(n->path);
+    free(n->sub);
     free(n);
 }
 
@@ -89,7 +92,19 @@ struct nodeinfo {
     enum nkind kind;
     char *path;
     long snap;
+    char *sub;
 };
+
+static void ni_free(struct nodeinfo *ni)
+{
+    free(ni->path);
+    free(ni->sub);
+}
+
+static bool same_sub(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && !strcmp(a, b));
+}
 
 static bool get_node(uint64_t ino, struct nodeinfo *ni)
 {
@@ -100,6 +115,7 @@ static bool get_node(uint64_t ino, struct nodeinfo *ni)
         ni->kind = n->kind;
         ni->path = xstrdup(n->path);
         ni->snap = n->snap;
+        ni->sub = n->sub ? xstrdup(n->sub) : NULL;
     }
     pthread_mutex_unlock(&table_lock);
     return n != NULL;
@@ -107,16 +123,19 @@ static bool get_node(uint64_t ino, struct nodeinfo *ni)
 
 /* The node for (parent, name) of this kind, created or re-used; its lookup
  * count goes up by one.  Returns its inode number. */
-static uint64_t intern(uint64_t parent, const char *name, enum nkind kind,
-                       const char *path, long snap)
+static uint64_t intern(uint64_t parent, const char *name, const struct nodeinfo *c)
 {
+    enum nkind kind = c->kind;
+    const char *path = c->path;
+    long snap = c->snap;
     pthread_mutex_lock(&table_lock);
     size_t b = name_hash(parent, name);
     struct node *n;
     for (n = by_name[b]; n; n = n->name_next)
         if (n->parent == parent && !strcmp(n->name, name))
             break;
-    if (n && (n->kind != kind || n->snap != snap || strcmp(n->path, path))) {
+    if (n && (n->kind != kind || n->snap != snap || strcmp(n->path, path) ||
+              !same_sub(n->sub, c->sub))) {
         unhash_name(n);       /* it is something else now: a new inode */
         n = NULL;
     }
@@ -128,6 +147,7 @@ static uint64_t intern(uint64_t parent, const char *name, enum nkind kind,
         n->kind = kind;
         n->path = xstrdup(path);
         n->snap = snap;
+        n->sub = c->sub ? xstrdup(c->sub) : NULL;
         n->hashed = true;
         n->name_next = by_name[b];
         by_name[b] = n;
@@ -168,163 +188,209 @@ static bool ends_with_d(const char *name)
     return n > 2 && !strcmp(name + n - 2, ".d");
 }
 
-/* Fills st for a node; for image nodes t is the held image. */
-static void fill_attr(struct stat *st, uint64_t ino, enum nkind kind, const struct stat *src,
-                      struct timg *t)
+static bool is_dir_kind(enum nkind k)
 {
+    return k == N_DIR || k == N_DDIR || k == N_SNAPS || k == N_VOLDIR;
+}
+
+/* The volume a node stands for: its index in the layout, or -1. */
+static long vol_index(struct timg *t, const char *sub)
+{
+    const struct vlayout *lay = sub ? tree_layout(t) : NULL;
+    for (size_t i = 0; lay && i < lay->nvols; i++)
+        if (!strcmp(lay->vols[i].path, sub))
+            return (long)i;
+    return -1;
+}
+
+/* Whether a volume directory (prefix, "" for NAME.d itself) has a child
+ * called name: *is_dir tells a directory from a volume. */
+static bool vol_child(const struct vlayout *lay, const char *prefix, const char *name,
+                      bool *is_dir, long *index)
+{
+    size_t pl = strlen(prefix);
+    size_t nl = strlen(name);
+    for (size_t i = 0; lay && i < lay->nvols; i++) {
+        const char *p = lay->vols[i].path;
+        if (pl && (strncmp(p, prefix, pl) || p[pl] != '/'))
+            continue;
+        const char *rest = pl ? p + pl + 1 : p;
+        if (strncmp(rest, name, nl) || (rest[nl] && rest[nl] != '/'))
+            continue;
+        *is_dir = rest[nl] == '/';
+        *index = (long)i;
+        return true;
+    }
+    return false;
+}
+
+/* Adds the children of a volume directory to a listing, each name once. */
+struct dirlist;
+static void dl_add(struct dirlist *d, const char *name, mode_t type);
+static bool dl_has(const struct dirlist *d, const char *name);
+
+static void list_vols(const struct vlayout *lay, const char *prefix, struct dirlist *d)
+{
+    size_t pl = strlen(prefix);
+    for (size_t i = 0; lay && i < lay->nvols; i++) {
+        const char *p = lay->vols[i].path;
+        if (pl && (strncmp(p, prefix, pl) || p[pl] != '/'))
+            continue;
+        const char *rest = pl ? p + pl + 1 : p;
+        const char *slash = strchr(rest, '/');
+        char *name = slash ? strndup(rest, (size_t)(slash - rest)) : xstrdup(rest);
+        if (!name)
+            abort();
+        if (!dl_has(d, name))
+            dl_add(d, name, slash ? S_IFDIR : S_IFREG);
+        free(name);
+    }
+}
+
+/* Attributes of a node. */
+static int node_attr(uint64_t ino, const struct nodeinfo *n, struct stat *st)
+{
+    struct stat src;
+    if (stat(n->path, &src) < 0)
+        return -errno;
     memset(st, 0, sizeof *st);
     st->st_ino = ino;
-    st->st_uid = src->st_uid;
-    st->st_gid = src->st_gid;
-    st->st_atim = src->st_atim;
-    st->st_mtim = src->st_mtim;
-    st->st_ctim = src->st_ctim;
+    st->st_uid = src.st_uid;
+    st->st_gid = src.st_gid;
+    st->st_atim = src.st_atim;
+    st->st_mtim = src.st_mtim;
+    st->st_ctim = src.st_ctim;
     st->st_blksize = 4096;
-    switch (kind) {
-    case N_DIR:
-    case N_DDIR:
-    case N_SNAPS:
+    if (n->kind == N_DIR) {
+        if (!S_ISDIR(src.st_mode) && !tree_options()->single_file)
+            return -ENOENT;
         st->st_mode = S_IFDIR | 0555;
         st->st_nlink = 2;
-        break;
-    case N_DISK:
+        return 0;
+    }
+    struct timg *t = tree_get(n->path, n->kind == N_SNAPS ? -1 : n->snap);
+    if (!t)
+        return -ENOENT;
+    int r = 0;
+    if (is_dir_kind(n->kind)) {
+        st->st_mode = S_IFDIR | 0555;
+        st->st_nlink = 2;
+    } else if (n->kind == N_DISK || n->kind == N_VOL) {
+        struct vview v = {.t = t, .vol = -1};
+        if (n->kind == N_VOL && (v.vol = vol_index(t, n->sub)) < 0)
+            r = -ENOENT;
         st->st_mode = S_IFREG | 0444;
         st->st_nlink = 1;
-        st->st_size = (off_t)t->img->size;
-        st->st_blocks = (blkcnt_t)((vimage_allocated(t->img) + 511) / 512);
-        if (t->snap >= 0) {
-            const struct vsnap *s = vimage_snapshot(t->img, (size_t)t->snap);
-            if (s) {
-                st->st_mtim.tv_sec = s->date_sec;
-                st->st_mtim.tv_nsec = s->date_nsec;
-            }
+        if (r == 0) {
+            st->st_size = (off_t)vview_size(&v);
+            st->st_blocks = (blkcnt_t)((vview_allocated(&v) + 511) / 512);
         }
-        break;
-    case N_INFO:
-    case N_JSON: {
+        const struct vsnap *s = t->snap >= 0 ? vimage_snapshot(t->img, (size_t)t->snap) : NULL;
+        if (s) {
+            st->st_mtim.tv_sec = s->date_sec;
+            st->st_mtim.tv_nsec = s->date_nsec;
+        }
+    } else {
         size_t len;
-        tree_report(t, kind == N_JSON, &len);
+        tree_report(t, n->kind == N_JSON, &len);
         st->st_mode = S_IFREG | 0444;
         st->st_nlink = 1;
         st->st_size = (off_t)len;
         st->st_blocks = (blkcnt_t)((len + 511) / 512);
-        break;
     }
-    }
-}
-
-static bool kind_has_image(enum nkind k) { return k != N_DIR; }
-
-/* Attributes of a node described by (kind, path, snap). */
-static int node_attr(uint64_t ino, enum nkind kind, const char *path, long snap,
-                     struct stat *st)
-{
-    struct stat src;
-    if (stat(path, &src) < 0)
-        return -errno;
-    if (kind == N_DIR) {
-        if (!S_ISDIR(src.st_mode) && !tree_options()->single_file)
-            return -ENOENT;
-        fill_attr(st, ino, kind, &src, NULL);
-        return 0;
-    }
-    struct timg *t = tree_get(path, snap);
-    if (!t)
-        return -ENOENT;
-    fill_attr(st, ino, kind, &src, t);
     tree_put(t);
-    return 0;
+    return r;
 }
 
-/* Decides what name is inside a node: returns 0 and fills the child's
- * (kind, path, snap), or a negative errno. */
-static int child_of(const struct nodeinfo *p, const char *name, enum nkind *kind,
-                    char **path, long *snap)
+/* Decides what name is inside node p: fills c (kind, path, snap, sub) or
+ * returns a negative errno. */
+static int child_of(const struct nodeinfo *p, const char *name, struct nodeinfo *c)
 {
-    *snap = -1;
+    memset(c, 0, sizeof *c);
+    c->snap = -1;
     if (!strcmp(name, ".") || !strcmp(name, ".."))
         return -ENOENT;
     if (p->kind == N_DIR) {
         const struct tree_opts *to = tree_options();
         if (to->single_file) {
             const char *base = base_name(to->source);
-            if (!strcmp(name, base)) {
-                *kind = N_DISK;
-            } else if (ends_with_d(name) && strlen(name) == strlen(base) + 2 &&
-                       !strncmp(name, base, strlen(base))) {
-                *kind = N_DDIR;
-            } else {
+            size_t bl = strlen(base);
+            if (!strcmp(name, base))
+                c->kind = N_DISK;
+            else if (ends_with_d(name) && strlen(name) == bl + 2 && !strncmp(name, base, bl))
+                c->kind = N_DDIR;
+            else
                 return -ENOENT;
-            }
-            *path = xstrdup(to->source);
+            c->path = xstrdup(to->source);
             return 0;
         }
         char *full = xasprintf("%s/%s", p->path, name);
         struct stat st;
         if (stat(full, &st) == 0) {
-            if (S_ISDIR(st.st_mode)) {
-                *kind = N_DIR;
-                *path = full;
-                return 0;
-            }
-            if (tree_is_image(full, &st)) {
-                *kind = N_DISK;
-                *path = full;
+            if (S_ISDIR(st.st_mode) || tree_is_image(full, &st)) {
+                c->kind = S_ISDIR(st.st_mode) ? N_DIR : N_DISK;
+                c->path = full;
                 return 0;
             }
         }
         if (ends_with_d(name)) {
             full[strlen(full) - 2] = 0;
-            if (stat(full, &st) == 0 && tree_is_image(full, &st)) {
-                *kind = N_DDIR;
-                *path = full;
+            if (stat(full, &st) == 0 && !S_ISDIR(st.st_mode) && tree_is_image(full, &st)) {
+                c->kind = N_DDIR;
+                c->path = full;
                 return 0;
             }
         }
         free(full);
         return -ENOENT;
     }
-    if (p->kind == N_DDIR) {
-        if (!strcmp(name, "info"))
-            *kind = N_INFO;
-        else if (!strcmp(name, "info.json"))
-            *kind = N_JSON;
-        else if (!strcmp(name, "snapshots") && p->snap < 0)
-            *kind = N_SNAPS;
-        else
-            return -ENOENT;
-        *snap = p->snap;
-        if (*kind == N_SNAPS) {
-            struct timg *t = tree_get(p->path, -1);
-            size_t n = t ? vimage_snapshot_count(t->img) : 0;
-            tree_put(t);
-            if (n == 0)
-                return -ENOENT;
-        }
-        *path = xstrdup(p->path);
-        return 0;
-    }
     if (p->kind == N_SNAPS) {
         struct timg *t = tree_get(p->path, -1);
         if (!t)
             return -ENOENT;
         long i = tree_snapshot_find(t->img, name);
-        *kind = N_DISK;
+        c->kind = N_DISK;
         if (i < 0 && ends_with_d(name)) {
             char *stem = xstrdup(name);
             stem[strlen(stem) - 2] = 0;
             i = tree_snapshot_find(t->img, stem);
             free(stem);
-            *kind = N_DDIR;
+            c->kind = N_DDIR;
         }
         tree_put(t);
         if (i < 0)
             return -ENOENT;
-        *snap = i;
-        *path = xstrdup(p->path);
+        c->snap = i;
+        c->path = xstrdup(p->path);
         return 0;
     }
-    return -ENOTDIR;
+    if (p->kind != N_DDIR && p->kind != N_VOLDIR)
+        return -ENOTDIR;
+    struct timg *t = tree_get(p->path, p->snap);
+    if (!t)
+        return -ENOENT;
+    int r = 0;
+    c->snap = p->snap;
+    bool is_dir;
+    long idx;
+    if (p->kind == N_DDIR && !strcmp(name, "info")) {
+        c->kind = N_INFO;
+    } else if (p->kind == N_DDIR && !strcmp(name, "info.json")) {
+        c->kind = N_JSON;
+    } else if (p->kind == N_DDIR && !strcmp(name, "snapshots")) {
+        c->kind = N_SNAPS;
+        if (p->snap >= 0 || vimage_snapshot_count(t->img) == 0)
+            r = -ENOENT;
+    } else if (vol_child(tree_layout(t), p->sub ? p->sub : "", name, &is_dir, &idx)) {
+        c->kind = is_dir ? N_VOLDIR : N_VOL;
+        c->sub = p->sub ? xasprintf("%s/%s", p->sub, name) : xstrdup(name);
+    } else {
+        r = -ENOENT;
+    }
+    tree_put(t);
+    if (r == 0)
+        c->path = xstrdup(p->path);
+    return r;
 }
 
 /* ---- operations ---- */
@@ -336,6 +402,26 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
     conn->want &= ~(unsigned)FUSE_CAP_SPLICE_READ;
 }
 
+/* Looks name up in parent p and fills e; the child's lookup count goes up
+ * by one on success. */
+static int do_lookup(uint64_t parent, const struct nodeinfo *p, const char *name,
+                     struct fuse_entry_param *e)
+{
+    struct nodeinfo c;
+    memset(e, 0, sizeof *e);
+    int r = child_of(p, name, &c);
+    if (r == 0)
+        r = node_attr(0, &c, &e->attr);
+    if (r == 0) {
+        e->ino = intern(parent, name, &c);
+        e->attr.st_ino = e->ino;
+        e->attr_timeout = cfg.attr_timeout;
+        e->entry_timeout = cfg.attr_timeout;
+    }
+    ni_free(&c);
+    return r;
+}
+
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
     struct nodeinfo p;
@@ -343,26 +429,12 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
         fuse_reply_err(req, ENOENT);
         return;
     }
-    enum nkind kind;
-    char *path = NULL;
-    long snap;
-    int r = child_of(&p, name, &kind, &path, &snap);
-    free(p.path);
     struct fuse_entry_param e;
-    memset(&e, 0, sizeof e);
-    if (r == 0)
-        r = node_attr(0, kind, path, snap, &e.attr);
-    if (r < 0) {
-        free(path);
+    int r = do_lookup(parent, &p, name, &e);
+    ni_free(&p);
+    if (r < 0)
         fuse_reply_err(req, -r);
-        return;
-    }
-    e.ino = intern(parent, name, kind, path, snap);
-    e.attr.st_ino = e.ino;
-    e.attr_timeout = cfg.attr_timeout;
-    e.entry_timeout = cfg.attr_timeout;
-    free(path);
-    if (fuse_reply_entry(req, &e) != 0)
+    else if (fuse_reply_entry(req, &e) != 0)
         forget_one(e.ino, 1);
 }
 
@@ -387,18 +459,19 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         return;
     }
     struct stat st;
-    int r = node_attr(ino, n.kind, n.path, n.snap, &st);
-    free(n.path);
+    int r = node_attr(ino, &n, &st);
+    ni_free(&n);
     if (r < 0)
         fuse_reply_err(req, -r);
     else
         fuse_reply_attr(req, &st, cfg.attr_timeout);
 }
 
-/* An open file: the image it reads, held for the handle's life. */
+/* An open file: the view it reads (or the report it shows), holding the
+ * image for the handle's life. */
 struct handle {
     enum nkind kind;
-    struct timg *t;
+    struct vview view;
 };
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -412,20 +485,27 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_err(req, ENOENT);
         return;
     }
-    if (!kind_has_image(n.kind) || n.kind == N_DDIR || n.kind == N_SNAPS) {
-        free(n.path);
+    if (is_dir_kind(n.kind)) {
+        ni_free(&n);
         fuse_reply_err(req, EISDIR);
         return;
     }
     struct timg *t = tree_get(n.path, n.snap);
-    free(n.path);
+    long vol = -1;
+    if (t && n.kind == N_VOL && (vol = vol_index(t, n.sub)) < 0) {
+        tree_put(t);
+        t = NULL;
+    }
+    enum nkind kind = n.kind;
+    ni_free(&n);
     if (!t) {
         fuse_reply_err(req, ENOENT);
         return;
     }
     struct handle *h = xcalloc(1, sizeof *h);
-    h->kind = n.kind;
-    h->t = t;
+    h->kind = kind;
+    h->view.t = t;
+    h->view.vol = vol;
     fi->fh = (uint64_t)(uintptr_t)h;
     /* The kernel may keep cached pages only while they are of this very
      * opening of the image. */
@@ -435,7 +515,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     if (nd)
         nd->served_gen = t->gen;
     pthread_mutex_unlock(&table_lock);
-    if (n.kind == N_DISK && cfg.direct_io)
+    if ((kind == N_DISK || kind == N_VOL) && cfg.direct_io)
         fi->direct_io = 1;
     if (fuse_reply_open(req, fi) != 0) {
         tree_put(t);
@@ -446,20 +526,33 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
-    tree_put(h->t);
+    tree_put(h->view.t);
     free(h);
     fuse_reply_err(req, 0);
 }
 
-static void read_disk(fuse_req_t req, struct vimage *img, size_t size, off_t off)
+#define SMALL_READ (32 * 1024)
+
+static void read_view(fuse_req_t req, const struct vview *v, size_t size, off_t off)
 {
-    if ((uint64_t)off >= img->size) {
+    uint64_t vsize = vview_size(v);
+    if ((uint64_t)off >= vsize) {
         fuse_reply_buf(req, NULL, 0);
         return;
     }
-    size = (size_t)VMFS_MIN((uint64_t)size, img->size - (uint64_t)off);
-    struct vplan plan;
-    int r = vimage_plan(img, (uint64_t)off, size, &plan);
+    size = (size_t)VMFS_MIN((uint64_t)size, vsize - (uint64_t)off);
+    if (size <= SMALL_READ) {
+        /* Small reads: one copy and one reply beat the splice dance. */
+        char buf[SMALL_READ];
+        int r = vview_read(v, buf, size, (uint64_t)off);
+        if (r < 0)
+            fuse_reply_err(req, -r);
+        else
+            fuse_reply_buf(req, buf, size);
+        return;
+    }
+    struct vplan plan = VPLAN_INIT;
+    int r = vview_plan(v, (uint64_t)off, size, &plan);
     if (r < 0) {
         vplan_free(&plan);
         fuse_reply_err(req, -r);
@@ -487,12 +580,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
-    if (h->kind == N_DISK) {
-        read_disk(req, h->t->img, size, off);
+    if (h->kind == N_DISK || h->kind == N_VOL) {
+        read_view(req, &h->view, size, off);
         return;
     }
     size_t len;
-    const char *s = tree_report(h->t, h->kind == N_JSON, &len);
+    const char *s = tree_report(h->view.t, h->kind == N_JSON, &len);
     if ((uint64_t)off >= len)
         fuse_reply_buf(req, NULL, 0);
     else
@@ -507,27 +600,28 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
         fuse_reply_err(req, EINVAL);
         return;
     }
+    bool is_view = h->kind == N_DISK || h->kind == N_VOL;
     uint64_t size;
-    if (h->kind == N_DISK) {
-        size = h->t->img->size;
+    if (is_view) {
+        size = vview_size(&h->view);
     } else {
         size_t len;
-        tree_report(h->t, h->kind == N_JSON, &len);
+        tree_report(h->view.t, h->kind == N_JSON, &len);
         size = len;
     }
     if (off < 0 || (uint64_t)off >= size) {
         fuse_reply_err(req, ENXIO);
         return;
     }
-    uint64_t pos = (uint64_t)off;
-    if (h->kind != N_DISK) {
+    if (!is_view) {
         fuse_reply_lseek(req, whence == SEEK_DATA ? off : (off_t)size);
         return;
     }
+    uint64_t pos = (uint64_t)off;
     while (pos < size) {
         bool data;
         uint64_t len;
-        int r = vimage_extent(h->t->img, pos, &data, &len);
+        int r = vview_extent(&h->view, pos, &data, &len);
         if (r < 0) {
             fuse_reply_err(req, -r);
             return;
@@ -565,6 +659,14 @@ static void dl_add(struct dirlist *d, const char *name, mode_t type)
     d->e[d->n].name = xstrdup(name);
     d->e[d->n].type = type;
     d->n++;
+}
+
+static bool dl_has(const struct dirlist *d, const char *name)
+{
+    for (size_t i = 0; i < d->n; i++)
+        if (!strcmp(d->e[i].name, name))
+            return true;
+    return false;
 }
 
 static void dl_free(struct dirlist *d)
@@ -623,8 +725,11 @@ static int list_node(const struct nodeinfo *n, struct dirlist *d)
     if (n->kind == N_DDIR) {
         dl_add(d, "info", S_IFREG);
         dl_add(d, "info.json", S_IFREG);
+        list_vols(tree_layout(t), "", d);
         if (n->snap < 0 && vimage_snapshot_count(t->img) > 0)
             dl_add(d, "snapshots", S_IFDIR);
+    } else if (n->kind == N_VOLDIR) {
+        list_vols(tree_layout(t), n->sub, d);
     } else if (n->kind == N_SNAPS) {
         size_t cnt = vimage_snapshot_count(t->img);
         for (size_t i = 0; i < cnt; i++) {
@@ -647,14 +752,14 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         fuse_reply_err(req, ENOENT);
         return;
     }
-    if (n.kind != N_DIR && n.kind != N_DDIR && n.kind != N_SNAPS) {
-        free(n.path);
+    if (!is_dir_kind(n.kind)) {
+        ni_free(&n);
         fuse_reply_err(req, ENOTDIR);
         return;
     }
     struct dirlist *d = xcalloc(1, sizeof *d);
     int r = list_node(&n, d);
-    free(n.path);
+    ni_free(&n);
     if (r < 0) {
         dl_free(d);
         fuse_reply_err(req, -r);
@@ -665,6 +770,13 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         dl_free(d);
 }
 
+/* d_ino 0 entries are skipped by readdir(3): each gets a number (advisory:
+ * lookup assigns the real inode). */
+static ino_t dir_ino(uint64_t parent, const char *name)
+{
+    return (ino_t)(name_hash(parent, name) + 2);
+}
+
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                        struct fuse_file_info *fi)
 {
@@ -672,10 +784,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     char *buf = xmalloc(size);
     size_t used = 0;
     for (size_t i = (size_t)off; i < d->n; i++) {
-        /* d_ino 0 entries are skipped by readdir(3): give each a number
-         * (advisory: lookup assigns the real inode). */
-        struct stat st = {.st_ino = (ino_t)(name_hash(ino, d->e[i].name) + 2),
-                          .st_mode = d->e[i].type};
+        struct stat st = {.st_ino = dir_ino(ino, d->e[i].name), .st_mode = d->e[i].type};
         size_t need = fuse_add_direntry(req, buf + used, size - used, d->e[i].name, &st,
                                         (off_t)(i + 1));
         if (need > size - used)
@@ -703,27 +812,13 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
     for (size_t i = (size_t)off; i < d->n; i++) {
         const char *name = d->e[i].name;
         struct fuse_entry_param e;
-        memset(&e, 0, sizeof e);
         bool dot = !strcmp(name, ".") || !strcmp(name, "..");
         if (dot) {
-            e.attr.st_ino = (ino_t)(name_hash(ino, name) + 2);
+            memset(&e, 0, sizeof e);
+            e.attr.st_ino = dir_ino(ino, name);
             e.attr.st_mode = d->e[i].type;
-        } else {
-            enum nkind kind;
-            char *path = NULL;
-            long snap;
-            int r = child_of(&p, name, &kind, &path, &snap);
-            if (r == 0)
-                r = node_attr(0, kind, path, snap, &e.attr);
-            if (r < 0) {          /* gone since opendir: skip it */
-                free(path);
-                continue;
-            }
-            e.ino = intern(ino, name, kind, path, snap);
-            e.attr.st_ino = e.ino;
-            e.attr_timeout = cfg.attr_timeout;
-            e.entry_timeout = cfg.attr_timeout;
-            free(path);
+        } else if (do_lookup(ino, &p, name, &e) < 0) {
+            continue;             /* gone since opendir */
         }
         size_t need = fuse_add_direntry_plus(req, buf + used, size - used, name, &e,
                                              (off_t)(i + 1));
@@ -734,7 +829,7 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
         }
         used += need;
     }
-    free(p.path);
+    ni_free(&p);
     fuse_reply_buf(req, buf, used);
     free(buf);
 }
@@ -853,6 +948,7 @@ void vmfs_ops_shutdown(void)
             struct node *next = n->ino_next;
             free(n->name);
             free(n->path);
+            free(n->sub);
             free(n);
             n = next;
         }

@@ -531,6 +531,15 @@ void vimage_report(struct vimage *img, struct rep *root)
         for (size_t i = 0; i < n; i++)
             report_snapshot(rep_add_object(snaps), vimage_snapshot(img, i));
     }
+    for (size_t i = 0; i < np; i++)
+        free(problems[i]);
+    free(problems);
+}
+
+void vimage_report_problems(struct vimage *img, struct rep *root)
+{
+    char **problems;
+    size_t np = vimage_problems(img, &problems);
     struct rep *p = rep_set_array(root, "problems");
     for (size_t i = 0; i < np; i++) {
         rep_add_str(p, problems[i]);

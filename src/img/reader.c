@@ -8,8 +8,8 @@
 
 /* The first run of [off, off + len) as seen through the chain: never
  * VRUN_BACKING.  *li is the layer that answered (for VRUN_DECODE). */
-static int resolve(struct vimage *img, uint64_t off, uint64_t len, struct vrun *run,
-                   size_t *li)
+static int resolve_as(struct vimage *img, uint64_t off, uint64_t len, struct vrun *run,
+                      size_t *li, bool alloc)
 {
     for (size_t i = 0; i < img->nlayers; i++) {
         struct vlayer *l = img->layers[i];
@@ -19,7 +19,8 @@ static int resolve(struct vimage *img, uint64_t off, uint64_t len, struct vrun *
             return 0;
         }
         len = VMFS_MIN(len, l->size - off);
-        int r = l->drv->map(l, off, len, run);
+        int r = alloc && l->drv->map_alloc ? l->drv->map_alloc(l, off, len, run)
+                                           : l->drv->map(l, off, len, run);
         if (r < 0)
             return r;
         if (run->len == 0 || run->len > len) {
@@ -50,6 +51,12 @@ static int resolve(struct vimage *img, uint64_t off, uint64_t len, struct vrun *
     }
     *li = 0;
     return 0;
+}
+
+static int resolve(struct vimage *img, uint64_t off, uint64_t len, struct vrun *run,
+                   size_t *li)
+{
+    return resolve_as(img, off, len, run, li, false);
 }
 
 static int check_range(struct vimage *img, uint64_t off, size_t len)
@@ -108,11 +115,11 @@ static struct vseg *plan_add(struct vplan *plan)
 
 int vimage_plan(struct vimage *img, uint64_t off, size_t len, struct vplan *plan)
 {
-    memset(plan, 0, sizeof *plan);
     int r = check_range(img, off, len);
     if (r < 0)
         return r;
     size_t pos = 0;
+    char *buf = NULL;      /* for the parts that are not file bytes */
     while (pos < len) {
         struct vrun run;
         size_t li;
@@ -133,9 +140,12 @@ int vimage_plan(struct vimage *img, uint64_t off, size_t len, struct vplan *plan
             pos += n;
             continue;
         }
-        if (!plan->buf)
-            plan->buf = xmalloc(len);
-        char *p = (char *)plan->buf + pos;
+        if (!buf) {
+            buf = xmalloc(len);
+            plan->bufs = xrealloc(plan->bufs, (plan->nbufs + 1) * sizeof *plan->bufs);
+            plan->bufs[plan->nbufs++] = buf;
+        }
+        char *p = buf + pos;
         if (run.kind == VRUN_DATA)
             r = vsrc_pread(run.src, p, n, run.src_off);
         else if (run.kind == VRUN_ZERO)
@@ -159,7 +169,9 @@ int vimage_plan(struct vimage *img, uint64_t off, size_t len, struct vplan *plan
 void vplan_free(struct vplan *plan)
 {
     free(plan->segs);
-    free(plan->buf);
+    for (size_t i = 0; i < plan->nbufs; i++)
+        free(plan->bufs[i]);
+    free(plan->bufs);
     memset(plan, 0, sizeof *plan);
 }
 
@@ -171,13 +183,13 @@ int vimage_extent(struct vimage *img, uint64_t off, bool *data, uint64_t *len)
         return -ENXIO;
     struct vrun run;
     size_t li;
-    int r = resolve(img, off, img->size - off, &run, &li);
+    int r = resolve_as(img, off, img->size - off, &run, &li, true);
     if (r < 0)
         return r;
     *data = run_is_data(&run);
     uint64_t total = run.len;
     while (off + total < img->size) {
-        r = resolve(img, off + total, img->size - off - total, &run, &li);
+        r = resolve_as(img, off + total, img->size - off - total, &run, &li, true);
         if (r < 0 || run_is_data(&run) != *data)
             break;
         total += run.len;

@@ -11,6 +11,12 @@
 
 #include "vmfs/image.h"
 #include "vmfs/report.h"
+#include "vmfs/tree.h"
+
+static int disk_read(void *ctx, void *buf, size_t len, uint64_t off)
+{
+    return vimage_read(ctx, buf, len, off);
+}
 
 static void usage(FILE *f)
 {
@@ -91,7 +97,15 @@ int main(int argc, char **argv)
     }
     if (img) {
         struct rep *r = rep_new_object();
-        vimage_report(img, r);
+        struct vlayout *lay = NULL;
+        if (!img->top_failed) {
+            struct vdisk d = {.size = img->size, .read = disk_read, .ctx = img};
+            lay = vlayout_scan(&d);
+            for (size_t i = 0; lay && i < lay->nproblems; i++)
+                vimage_problem(img, "%s", lay->problems[i]);
+        }
+        tree_build_report(img, lay, r);
+        vlayout_free(lay);
         char *s = json ? rep_to_json(r) : rep_to_text(r);
         fputs(s, stdout);
         free(s);

@@ -44,6 +44,9 @@ bool tree_is_image(const char *path, const struct stat *st)
 
 static void timg_free(struct timg *t)
 {
+    vlayout_free(t->layout);
+    free(t->vol_alloc);
+    pthread_mutex_destroy(&t->view_lock);
     vimage_unref(t->img);
     free(t->path);
     free(t->text);
@@ -151,6 +154,7 @@ struct timg *tree_get(const char *path, long snap)
     t->id = st;
     t->img = img;
     t->refs = 1;
+    pthread_mutex_init(&t->view_lock, NULL);
     pthread_mutex_lock(&lock);
     t->gen = next_gen++;
     push_timg(t);
@@ -173,10 +177,19 @@ void tree_put(struct timg *t)
     free_list(dead);
 }
 
+void tree_build_report(struct vimage *img, const struct vlayout *lay, struct rep *r)
+{
+    vimage_report(img, r);
+    if (lay)
+        vlayout_report(lay, r);
+    vimage_report_problems(img, r);
+}
+
 static void render(struct timg *t)
 {
     struct rep *r = rep_new_object();
-    vimage_report(t->img, r);
+    /* Scan first: the scan's problems join the image's list. */
+    tree_build_report(t->img, tree_layout(t), r);
     char *text = rep_to_text(r);
     char *json = rep_to_json(r);
     rep_free(r);

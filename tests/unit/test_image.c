@@ -136,7 +136,7 @@ static void check_all(struct vimage *img)
         ck_assert_int_eq(r, want);
         if (r == 0)
             ck_assert_int_eq(memcmp(buf, ref, len), 0);
-        struct vplan plan;
+        struct vplan plan = VPLAN_INIT;
         r = vimage_plan(img, off, len, &plan);
         ck_assert_int_eq(r, want);
         if (r == 0) {

@@ -1,0 +1,152 @@
+/* vmfs — views: a disk (an image or a snapshot) or one volume inside it,
+ * read the same way by FUSE and by the NBD server. */
+#include "config.h"
+
+#include <errno.h>
+
+#include "vmfs/tree.h"
+
+static int disk_read(void *ctx, void *buf, size_t len, uint64_t off)
+{
+    return vimage_read(ctx, buf, len, off);
+}
+
+const struct vlayout *tree_layout(struct timg *t)
+{
+    pthread_mutex_lock(&t->view_lock);
+    if (!t->layout && !t->img->top_failed) {
+        struct vdisk d = {.size = t->img->size, .read = disk_read, .ctx = t->img};
+        t->layout = vlayout_scan(&d);
+        if (t->layout) {
+            for (size_t i = 0; i < t->layout->nproblems; i++)
+                vimage_problem(t->img, "%s", t->layout->problems[i]);
+            t->vol_alloc = xmalloc((t->layout->nvols + 1) * sizeof *t->vol_alloc);
+            for (size_t i = 0; i < t->layout->nvols; i++)
+                t->vol_alloc[i] = UINT64_MAX;
+        }
+    }
+    const struct vlayout *lay = t->layout;
+    pthread_mutex_unlock(&t->view_lock);
+    return lay;
+}
+
+static const struct vvolume *volume(const struct vview *v)
+{
+    if (v->vol < 0)
+        return NULL;
+    const struct vlayout *lay = tree_layout(v->t);
+    if (!lay || (size_t)v->vol >= lay->nvols)
+        return NULL;
+    return &lay->vols[v->vol];
+}
+
+uint64_t vview_size(const struct vview *v)
+{
+    const struct vvolume *vol = volume(v);
+    return vol ? vol->size : v->t->img->size;
+}
+
+/* Calls fn on each disk-contiguous piece of [off, off + len) of a volume. */
+static int each_piece(const struct vview *v, uint64_t off, uint64_t len,
+                      int (*fn)(const struct vview *v, uint64_t disk_off, uint64_t n,
+                                uint64_t done, void *arg),
+                      void *arg)
+{
+    const struct vvolume *vol = volume(v);
+    if (!vol)
+        return fn(v, off, len, 0, arg);
+    if (!range_in(off, len, vol->size))
+        return -EINVAL;
+    uint64_t done = 0;
+    while (done < len) {
+        uint64_t disk_off, n;
+        vvol_map(vol, off + done, len - done, &disk_off, &n);
+        if (n == 0 || !range_in(disk_off, n, v->t->img->size))
+            return -EIO;
+        int r = fn(v, disk_off, n, done, arg);
+        if (r < 0)
+            return r;
+        done += n;
+    }
+    return 0;
+}
+
+static int read_piece(const struct vview *v, uint64_t disk_off, uint64_t n, uint64_t done,
+                      void *arg)
+{
+    return vimage_read(v->t->img, (char *)arg + done, (size_t)n, disk_off);
+}
+
+int vview_read(const struct vview *v, void *buf, size_t len, uint64_t off)
+{
+    return each_piece(v, off, len, read_piece, buf);
+}
+
+static int plan_piece(const struct vview *v, uint64_t disk_off, uint64_t n, uint64_t done,
+                      void *arg)
+{
+    return vimage_plan(v->t->img, disk_off, (size_t)n, arg);
+}
+
+int vview_plan(const struct vview *v, uint64_t off, size_t len, struct vplan *plan)
+{
+    return each_piece(v, off, len, plan_piece, plan);
+}
+
+int vview_extent(const struct vview *v, uint64_t off, bool *data, uint64_t *len)
+{
+    const struct vvolume *vol = volume(v);
+    if (!vol)
+        return vimage_extent(v->t->img, off, data, len);
+    if (off >= vol->size)
+        return -ENXIO;
+    /* Piece by piece until the kind changes. */
+    uint64_t total = 0;
+    bool first = true;
+    while (off + total < vol->size) {
+        uint64_t disk_off, n, elen;
+        bool d;
+        vvol_map(vol, off + total, vol->size - off - total, &disk_off, &n);
+        if (n == 0)
+            return -EIO;
+        int r = vimage_extent(v->t->img, disk_off, &d, &elen);
+        if (r < 0)
+            return r;
+        elen = VMFS_MIN(elen, n);
+        if (first) {
+            *data = d;
+            first = false;
+        } else if (d != *data) {
+            break;
+        }
+        total += elen;
+    }
+    *len = total;
+    return 0;
+}
+
+uint64_t vview_allocated(const struct vview *v)
+{
+    const struct vvolume *vol = volume(v);
+    if (!vol)
+        return vimage_allocated(v->t->img);
+    pthread_mutex_lock(&v->t->view_lock);
+    uint64_t known = v->t->vol_alloc[v->vol];
+    pthread_mutex_unlock(&v->t->view_lock);
+    if (known != UINT64_MAX)
+        return known;
+    uint64_t bytes = 0, off = 0;
+    while (off < vol->size) {
+        bool data;
+        uint64_t len;
+        if (vview_extent(v, off, &data, &len) < 0)
+            break;
+        if (data)
+            bytes += len;
+        off += len;
+    }
+    pthread_mutex_lock(&v->t->view_lock);
+    v->t->vol_alloc[v->vol] = bytes;
+    pthread_mutex_unlock(&v->t->view_lock);
+    return bytes;
+}
