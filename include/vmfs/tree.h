@@ -45,6 +45,8 @@ bool tree_is_image(const char *path, const struct stat *st);
  * caller releases it with tree_put(). */
 struct timg *tree_get(const char *path, long snap);
 void tree_put(struct timg *t);
+/* Takes one more reference on a held image (released with tree_put). */
+void tree_hold(struct timg *t);
 
 /* The rendered info (json false) or info.json; valid while t is held. */
 const char *tree_report(struct timg *t, bool json, size_t *len);

@@ -164,6 +164,13 @@ struct timg *tree_get(const char *path, long snap)
     return t;
 }
 
+void tree_hold(struct timg *t)
+{
+    pthread_mutex_lock(&lock);
+    t->refs++;
+    pthread_mutex_unlock(&lock);
+}
+
 void tree_put(struct timg *t)
 {
     if (!t)

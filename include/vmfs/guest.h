@@ -1,0 +1,65 @@
+/* vmfs — guest filesystems: the trees under NAME.d/fs/.
+ *
+ * One libguestfs appliance per disk view (an image's current state or one
+ * snapshot), started on first access to one of its fs/ directories.  The
+ * appliance reads the decoded disk over vmfs's own NBD server (nbd.h), so
+ * it never opens the source file; it mounts every filesystem of the view
+ * read-only without replaying journals, and is stopped after an idle
+ * timeout.  A crashed or hung appliance is detected and restarted on the
+ * next access; requests it swallowed fail with EIO.
+ *
+ * Filesystems are named by their block view: "disk" (no partition table),
+ * "p1" … "pN", "lvm/VG/LV" — the same names as the flat files in NAME.d/.
+ * Paths inside a filesystem are absolute ("/", "/etc/fstab").
+ *
+ * Threads: every function may be called from any FUSE worker thread; calls
+ * into one appliance are serialized inside, and a slow appliance start
+ * blocks only the requests that need that appliance. */
+#ifndef VMFS_GUEST_H
+#define VMFS_GUEST_H
+
+#include <sys/stat.h>
+
+#include "vmfs/tree.h"
+
+struct rep;
+
+struct guest_opts {
+    unsigned idle_timeout;     /* seconds before an idle appliance stops */
+    unsigned max_appliances;   /* running at once; the idlest stops first */
+    const char *runtime_dir;   /* where NBD sockets go (private, 0700) */
+};
+
+void guest_init(const struct guest_opts *o);
+void guest_shutdown(void);
+
+/* A directory entry with its attributes (readdirplus). */
+struct guest_dirent {
+    char *name;
+    struct stat st;
+};
+
+/* Attributes of path in filesystem fs of t's view: 0 or a negative errno
+ * (-ENOENT, -EIO when the appliance failed, -ENODEV when fs cannot be
+ * mounted: its directory shows empty). */
+int guest_stat(struct timg *t, const char *fs, const char *path, struct stat *st);
+/* The entries of a directory, with attributes, in one call. */
+int guest_readdir(struct timg *t, const char *fs, const char *path,
+                  struct guest_dirent **ents, size_t *n);
+void guest_dirents_free(struct guest_dirent *ents, size_t n);
+/* Reads up to len bytes at off: the count read (0 at the end) or a
+ * negative errno. */
+ssize_t guest_read(struct timg *t, const char *fs, const char *path, void *buf,
+                   size_t len, uint64_t off);
+int guest_readlink(struct timg *t, const char *fs, const char *path, char **target);
+/* Extended attributes: list (NUL-separated names) and get. */
+ssize_t guest_listxattr(struct timg *t, const char *fs, const char *path, char *buf, size_t size);
+ssize_t guest_getxattr(struct timg *t, const char *fs, const char *path, const char *name,
+                       void *buf, size_t size);
+
+/* Adds "filesystems": what each filesystem of the view is (type, label,
+ * UUID) and whether it mounted (with the reason when not) — facts known
+ * without starting an appliance come from the layout; more once one ran. */
+void guest_report(struct timg *t, struct rep *root);
+
+#endif
