@@ -50,6 +50,10 @@ struct vimage *vimage_open(const char *path, const struct vopen_opts *opts,
 void vimage_ref(struct vimage *img);
 void vimage_unref(struct vimage *img);
 
+/* The files an image is made of besides itself (a descriptor's extents),
+ * as absolute paths: how many are in *paths (malloc'ed strings). */
+size_t vimage_related_files(const char *path, char ***paths);
+
 /* Which format a file is, without opening it: the driver or NULL. */
 const struct vfmt_driver *vimage_probe_file(const char *path, bool raw_fallback);
 /* True when a file is shown as an image: a format claims it, or its name

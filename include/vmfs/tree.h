@@ -12,8 +12,10 @@
 #include "vmfs/vol.h"
 
 struct tree_opts {
-    char *source;             /* real path of SOURCE */
-    bool single_file;         /* SOURCE is one image file */
+    char *source;             /* real path of SOURCE, or its NBD URI */
+    bool single_file;         /* SOURCE is one image file (or a URI) */
+    bool uri;                 /* SOURCE is an NBD URI */
+    char *single_name;        /* the name the single image gets */
     struct vopen_opts open;   /* root = the SOURCE directory */
     unsigned max_open;        /* images kept open when unused */
 };
@@ -36,6 +38,15 @@ struct timg {
 void tree_init(const struct tree_opts *o);
 const struct tree_opts *tree_options(void);
 void tree_shutdown(void);
+
+/* True for nbd:// and nbd+unix:// URIs. */
+bool tree_is_uri(const char *s);
+/* stat(2) for an image location: a URI gets attributes of its own. */
+int tree_stat(const char *path, struct stat *st);
+
+/* True when dir/name is a file another image consists of (an extent named
+ * by a VMDK descriptor in dir): it is not shown on its own. */
+bool tree_is_hidden(const char *dir, const char *name);
 
 /* True when the file at path (with stat st) is shown as an image. */
 bool tree_is_image(const char *path, const struct stat *st);

@@ -123,9 +123,11 @@ VMFS_PRINTF(1, 2) static int fail(const char *fmt, ...)
 static int check_paths(const char *source, const char *mnt, bool *single)
 {
     struct stat st;
-    if (stat(source, &st) < 0)
+    if (tree_is_uri(source)) {
+        *single = true;
+    } else if (stat(source, &st) < 0) {
         return fail("cannot use SOURCE %s: no such file or directory", source);
-    if (S_ISDIR(st.st_mode)) {
+    } else if (S_ISDIR(st.st_mode)) {
         *single = false;
         if (access(source, R_OK | X_OK) < 0)
             return fail("cannot read SOURCE directory %s", source);
@@ -181,7 +183,8 @@ int main(int argc, char **argv)
     bool single = false;
     if (check_paths(c.source, fo.mountpoint, &single))
         return 1;
-    char *real = realpath(c.source, NULL);
+    bool uri = tree_is_uri(c.source);
+    char *real = uri ? xstrdup(c.source) : realpath(c.source, NULL);
     if (!real)
         return fail("cannot resolve SOURCE %s", c.source);
 
@@ -199,6 +202,7 @@ int main(int argc, char **argv)
     struct tree_opts to = {
         .source = real,
         .single_file = single,
+        .uri = uri,
         .open = {.allow_external = c.allow_external, .max_chain = c.max_chain},
     };
     tree_init(&to);

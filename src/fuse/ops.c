@@ -176,16 +176,18 @@ static void forget_one(uint64_t ino, uint64_t nlookup)
 
 /* ---- what a node is ---- */
 
-static const char *base_name(const char *path)
-{
-    const char *s = strrchr(path, '/');
-    return s ? s + 1 : path;
-}
-
 static bool ends_with_d(const char *name)
 {
     size_t n = strlen(name);
     return n > 2 && !strcmp(name + n - 2, ".d");
+}
+
+/* name without its ".d". */
+static char *xstrndup_name(const char *name)
+{
+    char *s = xstrdup(name);
+    s[strlen(s) - 2] = 0;
+    return s;
 }
 
 static bool is_dir_kind(enum nkind k)
@@ -251,7 +253,7 @@ static void list_vols(const struct vlayout *lay, const char *prefix, struct dirl
 static int node_attr(uint64_t ino, const struct nodeinfo *n, struct stat *st)
 {
     struct stat src;
-    if (stat(n->path, &src) < 0)
+    if (tree_stat(n->path, &src) < 0)
         return -errno;
     memset(st, 0, sizeof *st);
     st->st_ino = ino;
@@ -313,7 +315,7 @@ static int child_of(const struct nodeinfo *p, const char *name, struct nodeinfo 
     if (p->kind == N_DIR) {
         const struct tree_opts *to = tree_options();
         if (to->single_file) {
-            const char *base = base_name(to->source);
+            const char *base = to->single_name;
             size_t bl = strlen(base);
             if (!strcmp(name, base))
                 c->kind = N_DISK;
@@ -327,7 +329,8 @@ static int child_of(const struct nodeinfo *p, const char *name, struct nodeinfo 
         char *full = xasprintf("%s/%s", p->path, name);
         struct stat st;
         if (stat(full, &st) == 0) {
-            if (S_ISDIR(st.st_mode) || tree_is_image(full, &st)) {
+            if (S_ISDIR(st.st_mode) ||
+                (tree_is_image(full, &st) && !tree_is_hidden(p->path, name))) {
                 c->kind = S_ISDIR(st.st_mode) ? N_DIR : N_DISK;
                 c->path = full;
                 return 0;
@@ -335,7 +338,11 @@ static int child_of(const struct nodeinfo *p, const char *name, struct nodeinfo 
         }
         if (ends_with_d(name)) {
             full[strlen(full) - 2] = 0;
-            if (stat(full, &st) == 0 && !S_ISDIR(st.st_mode) && tree_is_image(full, &st)) {
+            char *stem = xstrndup_name(name);
+            bool hidden = tree_is_hidden(p->path, stem);
+            free(stem);
+            if (!hidden && stat(full, &st) == 0 && !S_ISDIR(st.st_mode) &&
+                tree_is_image(full, &st)) {
                 c->kind = N_DDIR;
                 c->path = full;
                 return 0;
@@ -681,7 +688,7 @@ static int list_srcdir(const char *path, struct dirlist *d)
 {
     const struct tree_opts *to = tree_options();
     if (to->single_file) {
-        const char *base = base_name(to->source);
+        const char *base = to->single_name;
         dl_add(d, base, S_IFREG);
         char *dn = xasprintf("%s.d", base);
         dl_add(d, dn, S_IFDIR);
@@ -700,7 +707,7 @@ static int list_srcdir(const char *path, struct dirlist *d)
         if (stat(full, &st) == 0) {
             if (S_ISDIR(st.st_mode)) {
                 dl_add(d, de->d_name, S_IFDIR);
-            } else if (tree_is_image(full, &st)) {
+            } else if (tree_is_image(full, &st) && !tree_is_hidden(path, de->d_name)) {
                 dl_add(d, de->d_name, S_IFREG);
                 char *dn = xasprintf("%s.d", de->d_name);
                 dl_add(d, dn, S_IFDIR);

@@ -265,6 +265,36 @@ const struct vfmt_driver *vimage_probe_file(const char *path, bool raw_fallback)
     return vfmt_probe(head, (size_t)n, (uint64_t)st.st_size, path, raw_fallback);
 }
 
+size_t vimage_related_files(const char *path, char ***paths)
+{
+    *paths = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return 0;
+    struct stat st;
+    uint8_t head[PROBE_BYTES];
+    ssize_t n = -1;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+        n = pread(fd, head, sizeof head, 0);
+    close(fd);
+    if (n < 0)
+        return 0;
+    const struct vfmt_driver *drv = vfmt_probe(head, (size_t)n, (uint64_t)st.st_size, path,
+                                               false);
+    if (!drv || !drv->related_files)
+        return 0;
+    char **names = NULL;
+    size_t cnt = drv->related_files(path, head, (size_t)n, &names);
+    for (size_t i = 0; i < cnt; i++) {
+        char *full = resolve_ref(path, names[i]);
+        free(names[i]);
+        names[i] = lexical_normalize(full);
+        free(full);
+    }
+    *paths = names;
+    return cnt;
+}
+
 bool vimage_is_candidate(const char *path, bool raw_fallback)
 {
     return raw_fallback || has_image_extension(path) || vimage_probe_file(path, false);

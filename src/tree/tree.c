@@ -3,7 +3,11 @@
 #include "config.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <pthread.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "vmfs/report.h"
 #include "vmfs/tree.h"
@@ -14,11 +18,61 @@ static struct timg *head;        /* most recently used first */
 static unsigned count;
 static uint64_t next_gen = 1;
 
+static struct timespec start_time;
+
+bool tree_is_uri(const char *s)
+{
+    return !strncmp(s, "nbd://", 6) || !strncmp(s, "nbd+unix://", 11) ||
+           !strncmp(s, "nbds://", 7) || !strncmp(s, "nbds+unix://", 12);
+}
+
+int tree_stat(const char *path, struct stat *st)
+{
+    if (!tree_is_uri(path))
+        return stat(path, st);
+    memset(st, 0, sizeof *st);
+    st->st_mode = S_IFREG | 0444;
+    st->st_nlink = 1;
+    st->st_uid = getuid();
+    st->st_gid = getgid();
+    st->st_atim = st->st_mtim = st->st_ctim = start_time;
+    return 0;
+}
+
+/* The file name an NBD export gets: its export name, made a file name. */
+static char *export_file_name(const char *uri)
+{
+    const char *p = strstr(uri, "://");
+    p = p ? p + 3 : uri;
+    p = strchr(p, '/');
+    char *name = xstrdup(p ? p + 1 : "");
+    char *q = strpbrk(name, "?#");
+    if (q)
+        *q = 0;
+    for (char *c = name; *c; c++)
+        if (*c == '/' || *c == '%')
+            *c = '_';
+    if (!name[0] || !strcmp(name, ".") || !strcmp(name, "..")) {
+        free(name);
+        name = xstrdup("nbd");
+    }
+    return name;
+}
+
 void tree_init(const struct tree_opts *o)
 {
     opts = *o;
+    clock_gettime(CLOCK_REALTIME, &start_time);
     opts.open.root = opts.source;
-    if (opts.single_file) {
+    if (opts.uri) {
+        opts.single_file = true;
+        opts.single_name = export_file_name(opts.source);
+        opts.open.root = NULL;
+    } else if (opts.single_file) {
+        const char *slash = strrchr(opts.source, '/');
+        opts.single_name = xstrdup(slash ? slash + 1 : opts.source);
+    }
+    if (opts.single_file && !opts.uri) {
         /* A single image: its directory is where relative names resolve,
          * and what counts as inside SOURCE. */
         char *dir = xstrdup(opts.source);
@@ -37,9 +91,131 @@ const struct tree_opts *tree_options(void) { return &opts; }
 
 bool tree_is_image(const char *path, const struct stat *st)
 {
+    if (tree_is_uri(path))
+        return true;
     if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
         return false;
     return vimage_is_candidate(path, opts.single_file);
+}
+
+/* Per directory, the files that descriptors in it name, remembered while
+ * the directory and its descriptors are unchanged. */
+struct hidden_dir {
+    char *dir;
+    struct timespec dir_mtime;   /* the directory when scanned */
+    struct timespec scanned;     /* monotonic time of the scan */
+    char **paths;
+    size_t n;
+    struct hidden_dir *next;
+};
+static struct hidden_dir *hidden;
+static unsigned nhidden;
+static pthread_mutex_t hidden_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool is_descriptor_name(const char *name)
+{
+    size_t n = strlen(name);
+    return n > 5 && !strcasecmp(name + n - 5, ".vmdk");
+}
+
+static bool ts_after(struct timespec a, struct timespec b)
+{
+    return a.tv_sec > b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec > b.tv_nsec);
+}
+
+static void hidden_free(struct hidden_dir *h)
+{
+    for (size_t i = 0; i < h->n; i++)
+        free(h->paths[i]);
+    free(h->paths);
+    free(h->dir);
+    free(h);
+}
+
+/* Scans the descriptors in dir for the files they name. */
+static struct hidden_dir *scan_hidden(const char *dir, struct timespec dir_mtime)
+{
+    struct hidden_dir *h = xcalloc(1, sizeof *h);
+    h->dir = xstrdup(dir);
+    h->dir_mtime = dir_mtime;
+    clock_gettime(CLOCK_MONOTONIC, &h->scanned);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        if (!is_descriptor_name(de->d_name))
+            continue;
+        char *full = xasprintf("%s/%s", dir, de->d_name);
+        struct stat st;
+        if (stat(full, &st) == 0 && S_ISREG(st.st_mode)) {
+            char **p;
+            size_t n = vimage_related_files(full, &p);
+            h->paths = xrealloc(h->paths, (h->n + n + 1) * sizeof *h->paths);
+            for (size_t i = 0; i < n; i++)
+                h->paths[h->n++] = p[i];
+            free(p);
+        }
+        free(full);
+    }
+    if (d)
+        closedir(d);
+    return h;
+}
+
+/* A scan holds while the directory is unchanged, for two seconds: a
+ * descriptor edited in place does not change its directory. */
+static bool hidden_fresh(const struct hidden_dir *h, const struct stat *dst)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (ts_after(dst->st_mtim, h->dir_mtime) || ts_after(h->dir_mtime, dst->st_mtim))
+        return false;
+    return now.tv_sec - h->scanned.tv_sec < 2;
+}
+
+bool tree_is_hidden(const char *dir, const char *name)
+{
+    struct stat dst;
+    if (opts.single_file || stat(dir, &dst) < 0)
+        return false;
+    pthread_mutex_lock(&hidden_lock);
+    struct hidden_dir **pp = &hidden, *h = NULL;
+    for (; *pp; pp = &(*pp)->next) {
+        if (!strcmp((*pp)->dir, dir)) {
+            h = *pp;
+            if (!hidden_fresh(h, &dst)) {
+                *pp = h->next;
+                nhidden--;
+                hidden_free(h);
+                h = NULL;
+            }
+            break;
+        }
+    }
+    if (!h) {
+        pthread_mutex_unlock(&hidden_lock);
+        struct hidden_dir *fresh = scan_hidden(dir, dst.st_mtim);
+        pthread_mutex_lock(&hidden_lock);
+        fresh->next = hidden;
+        hidden = fresh;
+        h = fresh;
+        if (++nhidden > 64) {            /* forget the oldest scans */
+            struct hidden_dir *x = hidden;
+            while (x->next && x->next->next)
+                x = x->next;
+            if (x->next && x->next != h) {
+                hidden_free(x->next);
+                x->next = NULL;
+                nhidden--;
+            }
+        }
+    }
+    char *full = xasprintf("%s/%s", dir, name);
+    bool found = false;
+    for (size_t i = 0; i < h->n && !found; i++)
+        found = !strcmp(h->paths[i], full);
+    pthread_mutex_unlock(&hidden_lock);
+    free(full);
+    return found;
 }
 
 static void timg_free(struct timg *t)
@@ -114,7 +290,7 @@ static void free_list(struct timg *t)
 struct timg *tree_get(const char *path, long snap)
 {
     struct stat st;
-    if (stat(path, &st) < 0)
+    if (tree_stat(path, &st) < 0)
         return NULL;
     struct timg *stale = NULL;
     pthread_mutex_lock(&lock);
@@ -276,6 +452,11 @@ long tree_snapshot_find(struct vimage *img, const char *name)
 
 void tree_shutdown(void)
 {
+    while (hidden) {
+        struct hidden_dir *h = hidden;
+        hidden = h->next;
+        hidden_free(h);
+    }
     pthread_mutex_lock(&lock);
     struct timg *t = head;
     head = NULL;
@@ -287,6 +468,7 @@ void tree_shutdown(void)
             timg_free(t);
         t = n;
     }
-    if (opts.single_file)
+    if (opts.single_file && !opts.uri)
         free((char *)opts.open.root);
+    free(opts.single_name);
 }
