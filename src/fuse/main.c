@@ -219,7 +219,15 @@ int main(int argc, char **argv)
     vmfs_log_set_debug(fo.debug);
 
     /* Read-only at the kernel too; the name shows in mount listings. */
-    char *fsname = xasprintf("-ofsname=vmfs#%s,subtype=vmfs,ro,default_permissions", real);
+    char *esc = xmalloc(2 * strlen(real) + 1), *e = esc;
+    for (const char *q = real; *q; q++) {      /* fuse_opt splits on commas */
+        if (*q == ',' || *q == '\\')
+            *e++ = '\\';
+        *e++ = *q;
+    }
+    *e = 0;
+    char *fsname = xasprintf("-ofsname=%s,subtype=vmfs,ro,nodev,nosuid,default_permissions", esc);
+    free(esc);
     fuse_opt_add_arg(&args, fsname);
     free(fsname);
 
