@@ -420,7 +420,7 @@ void qcow2_compressed(unsigned cluster_bits, uint64_t entry, uint64_t *coff,
  * ---------------------------------------------------------------------- */
 
 #define Q_SLICE_BYTES 4096u          /* L2 table bytes per cache entry */
-#define Q_MAX_REPORTED 64u           /* distinct problems reported per layer */
+#define Q_MAX_REPORTED 32u           /* distinct problems reported per layer */
 #define Q_DECOMP_KEY (1ull << 63)    /* cache keys of decompressed clusters */
 
 /* What a reported problem was about, so that it is reported once. */
