@@ -15,11 +15,15 @@
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1   /* SEEK_DATA, SEEK_HOLE */
+#endif
 
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include <libdeflate.h>
 #include <zstd.h>
@@ -861,6 +865,32 @@ static int q_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
     return 0;
 }
 
+/* The allocation view: as q_map, except that data stored in a hole of the
+ * host file (preallocated metadata, a sparse external data file) counts as
+ * a hole, as qemu's block status reports it.  Reads still use q_map. */
+static int q_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
+{
+    int r = q_map(l, off, len, run);
+    if (r < 0 || run->kind != VRUN_DATA || run->src->fd < 0 || run->src_off > INT64_MAX)
+        return r;
+    off_t at = (off_t)run->src_off;
+    off_t d = lseek(run->src->fd, at, SEEK_DATA);
+    if (d < 0) {
+        if (errno == ENXIO)           /* a hole up to the end of the file */
+            run->kind = VRUN_ZERO;
+        return 0;                     /* no hole support: all data */
+    }
+    if (d > at) {
+        run->kind = VRUN_ZERO;
+        run->len = VMFS_MIN(run->len, (uint64_t)(d - at));
+        return 0;
+    }
+    off_t h = lseek(run->src->fd, at, SEEK_HOLE);
+    if (h > at)
+        run->len = VMFS_MIN(run->len, (uint64_t)(h - at));
+    return 0;
+}
+
 /* Copies [in, in + n) of the compressed guest cluster at cstart to out. */
 static int decode_cluster(struct qcow2 *q, struct l2cur *c, uint64_t cstart,
                           uint8_t *out, size_t in, size_t n)
@@ -1267,6 +1297,7 @@ const struct vfmt_driver vfmt_qcow2 = {
     .probe = q_probe,
     .open = q_open,
     .map = q_map,
+    .map_alloc = q_map_alloc,
     .decode = q_decode,
     .report = q_report,
     .snapshot_count = q_snapshot_count,

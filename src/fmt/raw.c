@@ -1,10 +1,9 @@
-/* vmfs — raw images: the file is the disk.  Holes in a sparse host file are
- * reported as holes (SEEK_DATA/SEEK_HOLE on the file). */
+/* vmfs — raw images: the file (or NBD export) is the disk.  Holes in a
+ * sparse host file or an export are reported as holes (vsrc_extent). */
 #include "config.h"
 
 #include <errno.h>
 #include <strings.h>
-#include <unistd.h>
 
 #include "vmfs/fmt.h"
 #include "vmfs/report.h"
@@ -43,30 +42,20 @@ static int raw_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *ru
     return 0;
 }
 
-/* Data up to the next host hole, or zeros up to the next host data. */
+/* Holes as the source reports them: SEEK_DATA/SEEK_HOLE on a file, block
+ * status on an NBD export.  A source that cannot tell is all data. */
 static int raw_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
 {
-    int fd = l->file->fd;
-    run->len = len;
-    run->kind = VRUN_DATA;
+    bool data = true;
+    uint64_t n = len;
+    if (vsrc_extent(l->file, off, len, &data, &n) < 0) {
+        data = true;
+        n = len;
+    }
+    run->len = n;
+    run->kind = data ? VRUN_DATA : VRUN_ZERO;
     run->src = l->file;
     run->src_off = off;
-    if (fd < 0)
-        return 0;
-    off_t d = lseek(fd, (off_t)off, SEEK_DATA);
-    if (d < 0) {
-        if (errno == ENXIO)          /* a hole up to the end of the file */
-            run->kind = VRUN_ZERO;
-        return 0;                    /* no hole support: all data */
-    }
-    if ((uint64_t)d > off) {
-        run->kind = VRUN_ZERO;
-        run->len = VMFS_MIN(len, (uint64_t)d - off);
-        return 0;
-    }
-    off_t h = lseek(fd, (off_t)off, SEEK_HOLE);
-    if (h > 0 && (uint64_t)h > off)
-        run->len = VMFS_MIN(len, (uint64_t)h - off);
     return 0;
 }
 

@@ -307,7 +307,7 @@ static struct vlayer *open_layer(struct vimage *img, const char *path,
                                  const char *role)
 {
     int err = 0;
-    struct vsrc *file = vsrc_open_file(path, &err);
+    struct vsrc *file = img->nlayers ? vsrc_open_file(path, &err) : vsrc_open(path, &err);
     if (!file) {
         vimage_problem(img, "%s %s cannot be opened: %s", role, path, strerror(-err));
         return NULL;

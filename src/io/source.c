@@ -1,4 +1,4 @@
-/* vmfs — byte sources over files and memory. */
+/* vmfs — byte sources over files and memory; dispatch to NBD for URIs. */
 #include "config.h"
 
 #include <errno.h>
@@ -33,7 +33,31 @@ static void file_close(struct vsrc *s)
         close(s->fd);
 }
 
-static const struct vsrc_ops file_ops = {file_pread, file_close};
+/* Data up to the next host hole, or a hole up to the next host data. */
+static int file_extent(struct vsrc *s, uint64_t off, uint64_t len, bool *data, uint64_t *n)
+{
+    *data = true;
+    *n = len;
+    off_t d = lseek(s->fd, (off_t)off, SEEK_DATA);
+    if (d < 0) {
+        if (errno == ENXIO)          /* a hole up to the end of the file */
+            *data = false;
+        return 0;                    /* no hole support: all data */
+    }
+    if ((uint64_t)d > off) {
+        *data = false;
+        *n = VMFS_MIN(len, (uint64_t)d - off);
+        return 0;
+    }
+    off_t h = lseek(s->fd, (off_t)off, SEEK_HOLE);
+    if (h > 0 && (uint64_t)h > off)
+        *n = VMFS_MIN(len, (uint64_t)h - off);
+    return 0;
+}
+
+static const struct vsrc_ops file_ops = {
+    .pread = file_pread, .close = file_close, .extent = file_extent,
+};
 
 struct vsrc *vsrc_open_file(const char *path, int *err)
 {
@@ -66,6 +90,24 @@ struct vsrc *vsrc_open_file(const char *path, int *err)
     return s;
 }
 
+bool vsrc_is_uri(const char *s)
+{
+    static const char *const schemes[] = {
+        "nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://",
+    };
+    for (size_t i = 0; i < VMFS_ARRAY_SIZE(schemes); i++)
+        if (!strncmp(s, schemes[i], strlen(schemes[i])))
+            return true;
+    return false;
+}
+
+struct vsrc *vsrc_open(const char *path_or_uri, int *err)
+{
+    if (vsrc_is_uri(path_or_uri))
+        return vsrc_open_nbd(path_or_uri, err);
+    return vsrc_open_file(path_or_uri, err);
+}
+
 struct mem_priv {
     const uint8_t *data;
     void *owned;
@@ -85,7 +127,7 @@ static void mem_close(struct vsrc *s)
     free(m);
 }
 
-static const struct vsrc_ops mem_ops = {mem_pread, mem_close};
+static const struct vsrc_ops mem_ops = {.pread = mem_pread, .close = mem_close};
 
 struct vsrc *vsrc_new_mem(const void *data, size_t len, bool copy, const char *name)
 {
@@ -113,6 +155,28 @@ int vsrc_pread(struct vsrc *s, void *buf, size_t len, uint64_t off)
     if (len == 0)
         return 0;
     return s->ops->pread(s, buf, len, off);
+}
+
+int vsrc_extent(struct vsrc *s, uint64_t off, uint64_t len, bool *data, uint64_t *n)
+{
+    if (len == 0 || !range_in(off, len, s->size))
+        return -EIO;
+    *data = true;
+    *n = len;
+    if (!s->ops->extent)
+        return 0;
+    bool d = true;
+    uint64_t got = 0;
+    int r = s->ops->extent(s, off, len, &d, &got);
+    if (r == -ENOTSUP)
+        return 0;
+    if (r < 0)
+        return r;
+    if (got == 0 || got > len)    /* a confused op: believe nothing */
+        return 0;
+    *data = d;
+    *n = got;
+    return 0;
 }
 
 void vsrc_close(struct vsrc *s)

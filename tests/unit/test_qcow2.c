@@ -3,6 +3,7 @@
  * the image layer like any other image. */
 #include "config.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <zlib.h>
 #include <zstd.h>
@@ -1242,6 +1243,48 @@ START_TEST(test_size_rounding)
 }
 END_TEST
 
+/* Data clusters stored in a hole of the host file are holes for the
+ * allocation view (SEEK_DATA/SEEK_HOLE) and zeros for reads. */
+START_TEST(test_alloc_holes)
+{
+    struct qb *b = qb_new(3, 16, 1 << 20, false);
+    qb_data(b, 0, 0x41);
+    uint64_t hole = qb_data(b, 0x10000, 0x42);
+    qb_data(b, 0x20000, 0x43);
+    memset(b->d + hole, 0, (size_t)b->cs);
+    memset(b->exp + 0x10000, 0, (size_t)b->cs);
+    qb_finish(b);
+    char *path = qb_file(b);
+    int fd = open(path, O_RDWR);
+    ck_assert_int_ge(fd, 0);
+    bool punched = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)hole,
+                             (off_t)b->cs) == 0;
+    close(fd);
+    struct vimage *img = open_img(path, -1);
+    check_all(img, b);
+    struct vrun run;
+    top_map(img, 0, b->vsize, &run);
+    ck_assert_int_eq(run.kind, VRUN_DATA);          /* reads: one data run */
+    ck_assert_uint_eq(run.len, 0x30000);
+    bool data;
+    uint64_t len;
+    ck_assert_int_eq(vimage_extent(img, 0, &data, &len), 0);
+    ck_assert(data);
+    if (punched) {
+        ck_assert_uint_eq(len, 0x10000);
+        ck_assert_int_eq(vimage_extent(img, 0x10000, &data, &len), 0);
+        ck_assert(!data);
+        ck_assert_uint_eq(len, 0x10000);
+        ck_assert_int_eq(vimage_extent(img, 0x20000, &data, &len), 0);
+        ck_assert(data);
+        ck_assert_uint_eq(len, 0x10000);
+    }
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
 START_TEST(test_probe)
 {
     uint8_t h[8] = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 3};
@@ -1286,6 +1329,7 @@ static Suite *qcow2_suite(void)
     tcase_add_test(t, test_header_extensions);
     tcase_add_test(t, test_truncated_header);
     tcase_add_test(t, test_size_rounding);
+    tcase_add_test(t, test_alloc_holes);
     suite_add_tcase(s, t);
     return s;
 }

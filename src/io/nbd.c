@@ -1,0 +1,546 @@
+/* vmfs — byte sources over NBD exports, through libnbd.
+ *
+ * Read-only: only NBD_CMD_READ and NBD_CMD_BLOCK_STATUS are ever sent.
+ *
+ * Threads: a source keeps a small pool of connections, each a libnbd handle
+ * guarded by its own mutex; a read takes a free connection (trylock), opens
+ * another one when all are busy and the pool may grow, and otherwise waits
+ * for one.  A libnbd handle serializes its own calls, so one handle per
+ * reader at a time is what lets reads run in parallel.
+ *
+ * Failures: every command runs with a deadline (nbd_poll), so a server that
+ * hangs costs one read a timeout, not the daemon its threads.  A connection
+ * whose command fails for transport reasons is closed; the next read
+ * reconnects, at most once per second per source, so a dead server costs a
+ * read nothing but a quick -EIO.  The first failure is logged, and the
+ * recovery; nothing per read.  A restarted server that exports another size
+ * is refused: the disk cannot change size under a mount. */
+#include "config.h"
+
+#include <errno.h>
+#include <libnbd.h>
+#include <stdio.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#include "vmfs/io.h"
+
+#define NBD_MAX_CONNS 4
+#define CONNECT_MS 10000          /* first connection and reconnections */
+#define GROW_MS 3000              /* an extra connection for the pool */
+#define IO_MS 60000               /* one read or block status request */
+#define RETRY_NS 1000000000ull    /* between connection attempts */
+#define DEFAULT_MAX_REQUEST (32u << 20)
+#define STATUS_MAX (1ull << 30)   /* bytes asked about in one block status */
+#define EXT_CACHE 256             /* runs remembered from the last reply */
+
+struct nconn {
+    pthread_mutex_t lock;
+    struct nbd_handle *h;         /* NULL: not connected */
+    atomic_bool up;               /* h != NULL, readable without the lock */
+};
+
+struct nsrc {
+    char *uri;
+    char *label;                  /* for messages */
+    struct vsrc_nbd_opts opts;
+    unsigned max_conns;           /* pool size allowed */
+    atomic_uint limit;            /* pool size the server turned out to take */
+    struct nconn conns[NBD_MAX_CONNS];
+    atomic_uint rr;
+    atomic_uint_fast64_t retry_at;   /* monotonic ns: no connection attempt before */
+    uint64_t min_block;           /* request alignment (>= 1) */
+    uint64_t max_request;         /* largest read in one command */
+    atomic_bool meta;             /* server answers base:allocation */
+
+    pthread_mutex_t state_lock;   /* guards down and the extent cache */
+    bool down;                    /* the failure has been logged */
+    uint64_t ext_off;             /* cached runs start here */
+    unsigned ext_n;
+    uint64_t ext_len[EXT_CACHE];
+    bool ext_data[EXT_CACHE];
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* libnbd's errno, or EIO when it gave none. */
+static int nbd_err(void)
+{
+    int e = nbd_get_errno();
+    return e > 0 ? e : EIO;
+}
+
+static void ext_forget(struct nsrc *ns)
+{
+    pthread_mutex_lock(&ns->state_lock);
+    ns->ext_n = 0;
+    pthread_mutex_unlock(&ns->state_lock);
+}
+
+/* The first failure since the source last worked is logged; later ones
+ * are not. */
+static void mark_down(struct nsrc *ns, const char *why)
+{
+    pthread_mutex_lock(&ns->state_lock);
+    bool was = ns->down;
+    ns->down = true;
+    ns->ext_n = 0;
+    pthread_mutex_unlock(&ns->state_lock);
+    if (!was)
+        vmfs_log(VMFS_LOG_WARN, "%s: NBD server unreachable (%s): reads fail with EIO "
+                 "until it is back", ns->label, why);
+}
+
+static void mark_up(struct nsrc *ns)
+{
+    pthread_mutex_lock(&ns->state_lock);
+    bool was = ns->down;
+    ns->down = false;
+    pthread_mutex_unlock(&ns->state_lock);
+    if (was)
+        vmfs_log(VMFS_LOG_INFO, "%s: NBD server is back: reads work again", ns->label);
+}
+
+/* Waits until h has finished the command cookie, or the deadline.  Returns
+ * 0, a negative errno the server sent for this command (connection still
+ * usable), or a negative errno with *broken set (the connection is not). */
+static int wait_cmd(struct nbd_handle *h, int64_t cookie, uint64_t deadline, bool *broken)
+{
+    for (;;) {
+        int r = nbd_aio_command_completed(h, (uint64_t)cookie);
+        if (r == 1)
+            return 0;
+        if (r < 0) {
+            int e = nbd_err();
+            *broken = !(nbd_aio_is_ready(h) || nbd_aio_is_processing(h));
+            return -e;
+        }
+        uint64_t now = now_ns();
+        if (now >= deadline) {
+            *broken = true;
+            return -ETIMEDOUT;
+        }
+        uint64_t ms = (deadline - now) / 1000000 + 1;
+        if (nbd_poll(h, (int)VMFS_MIN(ms, 1000u)) < 0) {
+            *broken = true;
+            return -nbd_err();
+        }
+    }
+}
+
+/* Opens one connection within ms milliseconds.  Returns the handle ready
+ * for commands, or NULL with *err set and why filled in. */
+static struct nbd_handle *dial(struct nsrc *ns, unsigned ms, int *err, char *why, size_t whylen)
+{
+    struct nbd_handle *h = nbd_create();
+    if (!h) {
+        *err = -ENOMEM;
+        snprintf(why, whylen, "%s", nbd_get_error() ? nbd_get_error() : "out of memory");
+        return NULL;
+    }
+    nbd_set_handle_name(h, "vmfs");
+    nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION);
+    uint64_t deadline = now_ns() + (uint64_t)ms * 1000000ull;
+    if (nbd_aio_connect_uri(h, ns->uri) < 0)
+        goto fail;
+    while (!nbd_aio_is_ready(h)) {
+        if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h))
+            goto fail;
+        uint64_t now = now_ns();
+        if (now >= deadline) {
+            *err = -ETIMEDOUT;
+            snprintf(why, whylen, "no answer within %u ms", ms);
+            nbd_close(h);
+            return NULL;
+        }
+        if (nbd_poll(h, (int)VMFS_MIN((deadline - now) / 1000000 + 1, 1000u)) < 0)
+            goto fail;
+    }
+    return h;
+fail:
+    *err = -nbd_err();
+    snprintf(why, whylen, "%s", nbd_get_error() ? nbd_get_error() : strerror(-*err));
+    nbd_close(h);
+    return NULL;
+}
+
+/* The export's size, and whether it answers block status. */
+static int learn(struct nsrc *ns, struct nbd_handle *h, uint64_t *size)
+{
+    int64_t sz = nbd_get_size(h);
+    if (sz < 0)
+        return -nbd_err();
+    *size = (uint64_t)sz;
+    atomic_store(&ns->meta, nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1);
+    return 0;
+}
+
+/* Request limits, from the first connection (a source keeps them). */
+static void learn_limits(struct nsrc *ns, struct nbd_handle *h)
+{
+    int64_t mn = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+    int64_t mx = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+    ns->min_block = mn > 1 && mn <= 65536 && is_pow2_u64((uint64_t)mn) ? (uint64_t)mn : 1;
+    ns->max_request = mx >= 65536 && mx <= DEFAULT_MAX_REQUEST ? (uint64_t)mx
+                                                               : DEFAULT_MAX_REQUEST;
+    ns->max_request -= ns->max_request % ns->min_block;
+}
+
+static void drop(struct nconn *c)
+{
+    if (c->h) {
+        nbd_close(c->h);
+        c->h = NULL;
+    }
+    atomic_store(&c->up, false);
+}
+
+/* Connects c (locked, not connected), within the retry limit.  grow: an
+ * extra connection while others work, whose failure only shrinks the pool. */
+static int reconnect(struct vsrc *s, struct nconn *c, bool grow)
+{
+    struct nsrc *ns = s->priv;
+    uint64_t now = now_ns();
+    if (!grow && now < atomic_load(&ns->retry_at))
+        return -EIO;
+    char why[256];
+    int err = 0;
+    struct nbd_handle *h = dial(ns, grow ? GROW_MS : CONNECT_MS, &err, why, sizeof why);
+    if (!h && !grow && ns->opts.revive) {
+        ns->opts.revive(ns->opts.ctx);
+        h = dial(ns, CONNECT_MS, &err, why, sizeof why);
+    }
+    if (!h) {
+        if (grow) {
+            /* The server takes no more connections: stay with those. */
+            unsigned up = 0;
+            for (unsigned i = 0; i < ns->max_conns; i++)
+                up += atomic_load(&ns->conns[i].up);
+            atomic_store(&ns->limit, VMFS_MAX(up, 1u));
+            return -EAGAIN;
+        }
+        atomic_store(&ns->retry_at, now_ns() + RETRY_NS);
+        mark_down(ns, why);
+        return -EIO;
+    }
+    uint64_t size = 0;
+    int r = learn(ns, h, &size);
+    if (r == 0 && size != s->size) {
+        snprintf(why, sizeof why, "the export's size changed from %llu to %llu bytes",
+                 (unsigned long long)s->size, (unsigned long long)size);
+        r = -EIO;
+    } else if (r < 0) {
+        snprintf(why, sizeof why, "%s", strerror(-r));
+    }
+    if (r < 0) {
+        nbd_close(h);
+        atomic_store(&ns->retry_at, now_ns() + RETRY_NS);
+        mark_down(ns, why);
+        return -EIO;
+    }
+    c->h = h;
+    atomic_store(&c->up, true);
+    atomic_store(&ns->retry_at, 0);
+    mark_up(ns);
+    return 0;
+}
+
+/* Takes a connection for one command: a free connected one, else a new
+ * one while the pool may grow (*grow set), else waits for one.  Returns it
+ * locked, connected or not. */
+static struct nconn *take(struct nsrc *ns, bool *grow)
+{
+    unsigned n = VMFS_MIN(atomic_load(&ns->limit), ns->max_conns);
+    unsigned up = 0;
+    *grow = false;
+    for (unsigned i = 0; i < n; i++) {
+        struct nconn *c = &ns->conns[i];
+        if (atomic_load(&c->up)) {
+            up++;
+            if (!pthread_mutex_trylock(&c->lock)) {
+                if (c->h)
+                    return c;
+                pthread_mutex_unlock(&c->lock);
+            }
+        }
+    }
+    for (unsigned i = 0; i < n; i++) {
+        struct nconn *c = &ns->conns[i];
+        if (!atomic_load(&c->up) && !pthread_mutex_trylock(&c->lock)) {
+            *grow = !c->h && up > 0;
+            return c;
+        }
+    }
+    struct nconn *c = &ns->conns[atomic_fetch_add(&ns->rr, 1) % n];
+    pthread_mutex_lock(&c->lock);
+    return c;
+}
+
+/* Runs fn on a connection, reconnecting once when the connection it had
+ * turned out to be broken (a server restarted between two reads). */
+typedef int (*nbd_cmd_fn)(struct nsrc *ns, struct nbd_handle *h, void *arg, bool *broken);
+
+static int with_conn(struct vsrc *s, nbd_cmd_fn fn, void *arg)
+{
+    struct nsrc *ns = s->priv;
+    for (;;) {
+        bool grow;
+        struct nconn *c = take(ns, &grow);
+        int r = 0;
+        if (!c->h) {
+            r = reconnect(s, c, grow);
+            if (r == -EAGAIN) {          /* the pool is full: try again */
+                pthread_mutex_unlock(&c->lock);
+                continue;
+            }
+        }
+        if (r == 0) {
+            for (int attempt = 0; attempt < 2; attempt++) {
+                bool broken = false;
+                r = fn(ns, c->h, arg, &broken);
+                if (!broken)
+                    break;
+                char why[160];
+                snprintf(why, sizeof why, "%s", strerror(-r));
+                drop(c);
+                ext_forget(ns);
+                r = -EIO;
+                if (attempt == 1 || reconnect(s, c, false) < 0) {
+                    mark_down(ns, why);
+                    break;
+                }
+            }
+        }
+        pthread_mutex_unlock(&c->lock);
+        return r;
+    }
+}
+
+struct read_arg {
+    void *buf;
+    size_t len;
+    uint64_t off;
+    uint64_t size;                /* of the export */
+};
+
+/* One read command of [off, off + len) into p, waited for. */
+static int read_one(struct nbd_handle *h, void *p, size_t len, uint64_t off, bool *broken)
+{
+    int64_t cookie = nbd_aio_pread(h, p, len, off, NBD_NULL_COMPLETION, 0);
+    if (cookie < 0) {
+        *broken = !(nbd_aio_is_ready(h) || nbd_aio_is_processing(h));
+        return *broken ? -nbd_err() : -EIO;
+    }
+    int r = wait_cmd(h, cookie, now_ns() + IO_MS * 1000000ull, broken);
+    return r < 0 && !*broken ? -EIO : r;
+}
+
+/* Reads in pieces the server accepts; a piece the server's minimum block
+ * size does not divide goes through a bounce buffer. */
+static int read_cmd(struct nsrc *ns, struct nbd_handle *h, void *arg, bool *broken)
+{
+    struct read_arg *a = arg;
+    char *p = a->buf;
+    size_t len = a->len;
+    uint64_t off = a->off;
+    uint64_t mb = ns->min_block, size = a->size;
+    while (len > 0) {
+        size_t n = (size_t)VMFS_MIN((uint64_t)len, ns->max_request);
+        if (mb == 1 || (off % mb == 0 && (n % mb == 0 || off + n == size))) {
+            int r = read_one(h, p, n, off, broken);
+            if (r < 0)
+                return r;
+        } else {
+            uint64_t lo = off - off % mb;
+            uint64_t hi = VMFS_MIN(size, (off + n + mb - 1) / mb * mb);
+            if (hi - lo > ns->max_request) {     /* keep the piece in bounds */
+                hi = lo + ns->max_request;
+                n = (size_t)(hi - off);
+            }
+            char *bounce = xmalloc((size_t)(hi - lo));
+            int r = read_one(h, bounce, (size_t)(hi - lo), lo, broken);
+            if (r == 0)
+                memcpy(p, bounce + (off - lo), n);
+            free(bounce);
+            if (r < 0)
+                return r;
+        }
+        p += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static int nbd_src_pread(struct vsrc *s, void *buf, size_t len, uint64_t off)
+{
+    struct read_arg a = {buf, len, off, s->size};
+    return with_conn(s, read_cmd, &a);
+}
+
+/* Block status: the reply's runs, coalesced by kind, from off. */
+struct status_arg {
+    uint64_t off, len;            /* asked */
+    unsigned n;
+    uint64_t run_len[EXT_CACHE];
+    bool run_data[EXT_CACHE];
+    uint64_t covered;
+};
+
+static int status_cb(void *user, const char *ctx, uint64_t offset, uint32_t *entries,
+                     size_t nr, int *error)
+{
+    struct status_arg *a = user;
+    if (strcmp(ctx, LIBNBD_CONTEXT_BASE_ALLOCATION) || offset != a->off || a->n)
+        return 0;
+    uint64_t pos = 0;
+    for (size_t i = 0; i + 1 < nr && pos < a->len; i += 2) {
+        uint64_t l = VMFS_MIN((uint64_t)entries[i], a->len - pos);
+        if (l == 0)
+            break;
+        bool data = !(entries[i + 1] & LIBNBD_STATE_ZERO);
+        if (a->n && a->run_data[a->n - 1] == data) {
+            a->run_len[a->n - 1] += l;
+        } else if (a->n < EXT_CACHE) {
+            a->run_len[a->n] = l;
+            a->run_data[a->n++] = data;
+        } else {
+            break;
+        }
+        pos += l;
+    }
+    a->covered = pos;
+    return 0;
+}
+
+static int status_cmd(struct nsrc *ns, struct nbd_handle *h, void *arg, bool *broken)
+{
+    struct status_arg *a = arg;
+    a->n = 0;
+    a->covered = 0;
+    nbd_extent_callback cb = {.callback = status_cb, .user_data = a};
+    int64_t cookie = nbd_aio_block_status(h, a->len, a->off, cb, NBD_NULL_COMPLETION, 0);
+    if (cookie < 0) {
+        *broken = !(nbd_aio_is_ready(h) || nbd_aio_is_processing(h));
+        return -nbd_err();
+    }
+    return wait_cmd(h, cookie, now_ns() + IO_MS * 1000000ull, broken);
+}
+
+/* Answers from the runs of the last reply when they cover off. */
+static bool ext_lookup(struct nsrc *ns, uint64_t off, uint64_t len, bool *data, uint64_t *n)
+{
+    bool hit = false;
+    pthread_mutex_lock(&ns->state_lock);
+    uint64_t pos = ns->ext_off;
+    for (unsigned i = 0; i < ns->ext_n && pos <= off; i++) {
+        if (off < pos + ns->ext_len[i]) {
+            *data = ns->ext_data[i];
+            *n = VMFS_MIN(len, pos + ns->ext_len[i] - off);
+            hit = true;
+            break;
+        }
+        pos += ns->ext_len[i];
+    }
+    pthread_mutex_unlock(&ns->state_lock);
+    return hit;
+}
+
+static int nbd_src_extent(struct vsrc *s, uint64_t off, uint64_t len, bool *data, uint64_t *n)
+{
+    struct nsrc *ns = s->priv;
+    if (!atomic_load(&ns->meta))
+        return -ENOTSUP;
+    if (ext_lookup(ns, off, len, data, n))
+        return 0;
+    /* Ask from an aligned offset for as much as one reply may describe. */
+    struct status_arg *a = xcalloc(1, sizeof *a);
+    a->off = off - off % ns->min_block;
+    uint64_t end = s->size - a->off > STATUS_MAX ? a->off + STATUS_MAX : s->size;
+    if (end - a->off > ns->min_block && end != s->size)
+        end -= end % ns->min_block;
+    a->len = end - a->off;
+    int r = with_conn(s, status_cmd, a);
+    if (r == 0 && a->n && a->covered > off - a->off) {
+        pthread_mutex_lock(&ns->state_lock);
+        ns->ext_off = a->off;
+        ns->ext_n = a->n;
+        memcpy(ns->ext_len, a->run_len, a->n * sizeof a->run_len[0]);
+        memcpy(ns->ext_data, a->run_data, a->n * sizeof a->run_data[0]);
+        pthread_mutex_unlock(&ns->state_lock);
+        if (!ext_lookup(ns, off, len, data, n))
+            r = -EIO;
+    } else if (r == 0) {
+        r = -ENOTSUP;             /* an empty answer: count it as data */
+    }
+    free(a);
+    return r;
+}
+
+static void nbd_src_close(struct vsrc *s)
+{
+    struct nsrc *ns = s->priv;
+    for (unsigned i = 0; i < NBD_MAX_CONNS; i++) {
+        drop(&ns->conns[i]);
+        pthread_mutex_destroy(&ns->conns[i].lock);
+    }
+    pthread_mutex_destroy(&ns->state_lock);
+    free(ns->uri);
+    free(ns->label);
+    free(ns);
+}
+
+static const struct vsrc_ops nbd_ops = {
+    .pread = nbd_src_pread, .close = nbd_src_close, .extent = nbd_src_extent,
+};
+
+struct vsrc *vsrc_open_nbd_ex(const char *uri, const struct vsrc_nbd_opts *o, int *err)
+{
+    struct nsrc *ns = xcalloc(1, sizeof *ns);
+    ns->uri = xstrdup(uri);
+    if (o)
+        ns->opts = *o;
+    ns->label = xstrdup(ns->opts.label ? ns->opts.label : uri);
+    ns->opts.label = NULL;
+    ns->max_conns = ns->opts.max_conns ? VMFS_MIN(ns->opts.max_conns, NBD_MAX_CONNS)
+                                       : NBD_MAX_CONNS;
+    pthread_mutex_init(&ns->state_lock, NULL);
+    for (unsigned i = 0; i < NBD_MAX_CONNS; i++)
+        pthread_mutex_init(&ns->conns[i].lock, NULL);
+
+    struct vsrc *s = xcalloc(1, sizeof *s);
+    s->ops = &nbd_ops;
+    s->fd = -1;
+    s->name = xstrdup(ns->label);
+    s->priv = ns;
+
+    char why[256];
+    struct nbd_handle *h = dial(ns, CONNECT_MS, err, why, sizeof why);
+    int r = h ? learn(ns, h, &s->size) : *err;
+    if (h)
+        learn_limits(ns, h);
+    if (r < 0) {
+        if (h)
+            nbd_close(h);
+        *err = r;
+        vsrc_close(s);
+        return NULL;
+    }
+    if (nbd_can_multi_conn(h) != 1)
+        ns->max_conns = 1;
+    atomic_store(&ns->limit, ns->max_conns);
+    ns->conns[0].h = h;
+    atomic_store(&ns->conns[0].up, true);
+    return s;
+}
+
+struct vsrc *vsrc_open_nbd(const char *uri, int *err)
+{
+    return vsrc_open_nbd_ex(uri, NULL, err);
+}
