@@ -5,11 +5,13 @@
 #include "vmfs/fmt.h"
 
 extern const struct vfmt_driver vfmt_qcow2;
+extern const struct vfmt_driver vfmt_vhdx;
 extern const struct vfmt_driver vfmt_raw;
 
 /* Probed in order; raw last, it claims files by extension only. */
 const struct vfmt_driver *const vfmt_drivers[] = {
     &vfmt_qcow2,
+    &vfmt_vhdx,
     &vfmt_raw,
     NULL,
 };
