@@ -59,13 +59,10 @@ static int raw_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vr
     return 0;
 }
 
-static void raw_report(struct vlayer *l, struct rep *obj) {}
-
 const struct vfmt_driver vfmt_raw = {
     .name = "raw",
     .probe = raw_probe,
     .open = raw_open,
     .map = raw_map,
     .map_alloc = raw_map_alloc,
-    .report = raw_report,
 };

@@ -24,7 +24,8 @@
 struct cmdline {
     char *source;
     char *cache_size;
-    unsigned max_chain;
+    int max_chain;
+    int max_chain_set;
     int allow_external;
     int direct_io;
     int show_help, show_version;
@@ -35,7 +36,8 @@ struct cmdline {
 static const struct fuse_opt vmfs_opts[] = {
     VMFS_OPT("allow_external_backing", allow_external, 1),
     VMFS_OPT("cache_size=%s", cache_size, 0),
-    VMFS_OPT("max_chain=%u", max_chain, 0),
+    VMFS_OPT("max_chain=%d", max_chain, 0),
+    VMFS_OPT("max_chain=", max_chain_set, 1),
     VMFS_OPT("direct_io", direct_io, 1),
     VMFS_OPT("attr_timeout=%lf", attr_timeout, 0),
     VMFS_OPT("-h", show_help, 1),
@@ -135,6 +137,9 @@ static int check_paths(const char *source, const char *mnt, bool *single)
         *single = true;
         if (access(source, R_OK) < 0)
             return fail("cannot read SOURCE image %s", source);
+        if (!vimage_is_candidate(source, false))
+            return fail("SOURCE %s is not a disk image (no known format; raw images "
+                        "need the extension .img, .raw, .iso or .dd)", source);
     } else {
         return fail("SOURCE %s is neither a directory nor an image file", source);
     }
@@ -180,6 +185,8 @@ int main(int argc, char **argv)
     size_t cache = 32u << 20;
     if (c.cache_size && !parse_size(c.cache_size, &cache))
         return fail("bad cache_size '%s': expected a size such as 64M", c.cache_size);
+    if (c.max_chain_set && (c.max_chain < 1 || c.max_chain > 1000))
+        return fail("bad max_chain: expected a number from 1 to 1000");
     bool single = false;
     if (check_paths(c.source, fo.mountpoint, &single))
         return 1;
@@ -203,14 +210,14 @@ int main(int argc, char **argv)
         .source = real,
         .single_file = single,
         .uri = uri,
-        .open = {.allow_external = c.allow_external, .max_chain = c.max_chain},
+        .open = {.allow_external = c.allow_external, .max_chain = (unsigned)c.max_chain},
     };
     tree_init(&to);
     struct vmfs_config cfg = {
         .source = c.source,
         .mountpoint = fo.mountpoint,
         .allow_external = c.allow_external,
-        .max_chain = c.max_chain,
+        .max_chain = (unsigned)c.max_chain,
         .cache_size = cache,
         .attr_timeout = c.attr_timeout,
         .direct_io = c.direct_io,

@@ -37,6 +37,7 @@ int main(int argc, char **argv)
     bool json = false, external = false;
     const char *snap = NULL;
     int c;
+    opterr = 0;        /* one line of our own instead */
     while ((c = getopt_long(argc, argv, "jhV", longopts, NULL)) != -1) {
         switch (c) {
         case 'j': json = true; break;
@@ -44,11 +45,14 @@ int main(int argc, char **argv)
         case 'e': external = true; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("vmfs-info %s\n", PACKAGE_VERSION); return 0;
-        default: usage(stderr); return 2;
+        default:
+            fprintf(stderr, "vmfs-info: unknown option %s (see vmfs-info --help)\n",
+                    argv[optind - 1]);
+            return 2;
         }
     }
     if (optind + 1 != argc) {
-        usage(stderr);
+        fputs("vmfs-info: usage: vmfs-info [--json] IMAGE (see --help)\n", stderr);
         return 2;
     }
     const char *path = argv[optind];
@@ -74,7 +78,7 @@ int main(int argc, char **argv)
         char cwd[PATH_MAX];
         full = getcwd(cwd, sizeof cwd) ? xasprintf("%s/%s", cwd, path) : xstrdup(path);
     }
-    struct vimage *img = vimage_open(full, &o, -1, true);
+    struct vimage *img = vimage_open(full, &o, -1, false);
     int ret = 0;
     if (img && snap) {
         long idx = -1;
@@ -92,7 +96,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "vmfs-info: %s: no snapshot named %s\n", path, snap);
             ret = 1;
         } else {
-            img = vimage_open(full, &o, idx, true);
+            img = vimage_open(full, &o, idx, false);
         }
     }
     if (img) {

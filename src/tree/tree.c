@@ -95,7 +95,7 @@ bool tree_is_image(const char *path, const struct stat *st)
         return true;
     if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
         return false;
-    return vimage_is_candidate(path, opts.single_file);
+    return vimage_is_candidate(path, false);
 }
 
 /* Per directory, the files that descriptors in it name, remembered while
@@ -319,7 +319,7 @@ struct timg *tree_get(const char *path, long snap)
         errno = ENOENT;
         return NULL;
     }
-    struct vimage *img = vimage_open(path, &opts.open, snap, opts.single_file);
+    struct vimage *img = vimage_open(path, &opts.open, snap, opts.uri);
     if (!img) {
         errno = ENOENT;
         return NULL;
