@@ -5,12 +5,14 @@
 #include "vmfs/fmt.h"
 
 extern const struct vfmt_driver vfmt_qcow2;
+extern const struct vfmt_driver vfmt_vmdk;
 extern const struct vfmt_driver vfmt_vhdx;
 extern const struct vfmt_driver vfmt_raw;
 
 /* Probed in order; raw last, it claims files by extension only. */
 const struct vfmt_driver *const vfmt_drivers[] = {
     &vfmt_qcow2,
+    &vfmt_vmdk,
     &vfmt_vhdx,
     &vfmt_raw,
     NULL,
