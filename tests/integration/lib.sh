@@ -280,8 +280,11 @@ unchanged() {
     src_state "$1" | diff -u "$2" - || { echo "SOURCE changed"; return 1; }
 }
 
-# probe SUBCOMMAND ARG...: the Python helper, under the timeout.
-probe() { t python3 "$PROBE" "$@"; }
+# probe SUBCOMMAND ARG...: the Python helper, under the timeout.  The
+# system's python3 when there is one: it starts faster than most wrappers.
+PYTHON=python3
+[ -x /usr/bin/python3 ] && PYTHON=/usr/bin/python3
+probe() { t "$PYTHON" "$PROBE" "$@"; }
 
 # jq_true FILE FILTER: the filter is true of the JSON file.
 jq_true() {
@@ -307,4 +310,33 @@ check_absent() {
 # problems matches REGEX (case-insensitive).
 problem_named() {
     jq_true "$1" ".status == \"damaged\" and any(.problems[]; test(\"$2\"; \"i\"))"
+}
+
+# jq_checks FILE WHAT NAME FILTER [NAME FILTER...]: one check "WHAT: NAME"
+# per filter, all evaluated in a single jq run over the JSON FILE; a check
+# passes when its filter yields only true.
+jq_checks() {
+    local file=$1 what=$2 prog="" out i
+    local -a names=() filters=() res=()
+    shift 2
+    while [ $# -ge 2 ]; do
+        names+=("$1")
+        filters+=("$2")
+        prog+="(try ([$2] | length > 0 and all) catch false),"
+        shift 2
+    done
+    if ! out=$(t jq -r "[${prog%,}] | .[]" "$file" 2>&1); then
+        for i in "${!names[@]}"; do
+            not_ok "$what: ${names[$i]} ($file: $out)"
+        done
+        return
+    fi
+    mapfile -t res <<<"$out"
+    for i in "${!names[@]}"; do
+        if [ "${res[$i]:-}" = true ]; then
+            ok "$what: ${names[$i]}"
+        else
+            not_ok "$what: ${names[$i]} (not true of $file: ${filters[$i]})"
+        fi
+    done
 }

@@ -59,7 +59,7 @@ readers() {
     small_pid=$!
     TMO=300 probe parallel "$MNT/big.qcow2" "$REF/big" 8 "$2" "$1" || status=1
     wait "$small_pid" || { echo "the concurrent whole read of small.qcow2 failed"; status=1; }
-    return $status
+    return "$status"
 }
 
 # under_kib LIMIT: the daemon's peak memory stays under LIMIT KiB.

@@ -13,6 +13,10 @@ K/M/G suffix (powers of 1024) and 0x prefixes.
                                 as zeros in REF, and every range MAP calls
                                 "data": false is a hole in FLAT
   sparse FLAT                   st_blocks * 512 < st_size
+  same FLAT REF                 FLAT equals REF, without reading long holes
+                                whole: the data extents FLAT reports are
+                                compared, REF must be zero in FLAT's holes,
+                                and samples of each hole must read as zeros
   erofs FILE DIR                every way of writing FILE or creating in DIR
                                 fails with EROFS
   ranges FLAT REF SPEC...       SPEC is ok:OFF:LEN (FLAT equals REF there),
@@ -20,7 +24,8 @@ K/M/G suffix (powers of 1024) and 0x prefixes.
                                 or okeio:OFF:LEN (either, never other bytes)
   parallel FLAT REF NPROC NREADS SEED
                                 NPROC processes each pread NREADS random ranges
-                                of FLAT and compare them with REF
+                                of FLAT, dropped from the page cache first, and
+                                compare them with REF
   mkraw FILE SIZE [OFF:LEN:FILL]...
                                 create a sparse raw file; FILL is a byte (0xNN),
                                 "rand" (seeded by the offset) or "text"
@@ -177,6 +182,41 @@ def cmd_sparse(args):
     return 0
 
 
+def cmd_same(args):
+    flat, ref = args
+    rep = Report()
+    size = os.stat(flat).st_size
+    if os.stat(ref).st_size != size:
+        rep.bad("%s: size %d, reference %d" % (flat, size, os.stat(ref).st_size))
+        rep.exit()
+    extents = data_extents(flat)
+    ffd = os.open(flat, os.O_RDONLY)
+    rfd = os.open(ref, os.O_RDONLY)
+    for start, end in extents:
+        pos = start
+        while pos < end:
+            n = min(CHUNK, end - pos)
+            got, want = os.pread(ffd, n, pos), os.pread(rfd, n, pos)
+            if got != want:
+                rep.bad("%s: differs from the reference at %d" % (flat, pos + first_diff(got, want)))
+                break
+            pos += n
+    rng = random.Random(size)
+    for start, end in holes_of(extents, size):
+        if not is_zero(rfd, start, end):
+            rep.bad("%s: the reference has data in the hole [%d, %d)" % (flat, start, end))
+        samples = [start, max(start, end - CHUNK)]
+        samples += [rng.randrange(start, end) for _ in range(16)]
+        for off in samples:
+            n = min(CHUNK, end - off)
+            if os.pread(ffd, n, off).count(0) != n:
+                rep.bad("%s: the hole [%d, %d) reads non-zero near %d" % (flat, start, end, off))
+                break
+    os.close(ffd)
+    os.close(rfd)
+    rep.exit()
+
+
 def cmd_erofs(args):
     path, directory = args
     rep = Report()
@@ -274,6 +314,9 @@ def parallel_worker(flat, ref, nreads, seed, size, queue):
         off = rng.randrange(0, size)
         length = min(length, size - off)
         try:
+            # Drop the range from the kernel's page cache, so the read
+            # reaches vmfs rather than pages an earlier read left behind.
+            os.posix_fadvise(ffd, off, length, os.POSIX_FADV_DONTNEED)
             got = os.pread(ffd, length, off)
         except OSError as e:
             bad += 1
@@ -453,12 +496,14 @@ def cmd_qcow2_corrupt_compressed(args):
     host, length = q.compressed_extent(entry)
     # 0xff bytes: a deflate block of the reserved type 3 and no valid zstd
     # frame magic, so every decoder rejects the cluster at its first byte.
-    q.write(host, b"\xff" * min(64, length))
+    # Only four: compressed clusters are packed, and a cluster of one
+    # repeated byte compresses to a dozen bytes.
+    q.write(host, b"\xff" * min(4, length))
     return 0
 
 
 COMMANDS = {
-    "extents": (cmd_extents, 1), "holes": (cmd_holes, 3), "sparse": (cmd_sparse, 1),
+    "extents": (cmd_extents, 1), "holes": (cmd_holes, 3), "sparse": (cmd_sparse, 1), "same": (cmd_same, 2),
     "erofs": (cmd_erofs, 2), "ranges": (cmd_ranges, -3), "parallel": (cmd_parallel, 5),
     "mkraw": (cmd_mkraw, -2), "qcow2-header": (cmd_qcow2_header, 1),
     "qcow2-poke": (cmd_qcow2_poke, 4), "qcow2-l1": (cmd_qcow2_l1, -2),

@@ -115,21 +115,23 @@ for img in "${ALL[@]}"; do
     key=${img//\//_}
     flat=$MNT/$img
     check "$img: st_size is the virtual size" size_is "$flat" "$(cat "$REF/$key.size")"
-    check "$img: content equals qemu-img convert" same_file "$flat" "$REF/$key"
+    if [ "$img" = big.qcow2 ]; then    # 5 GiB, nearly all holes
+        check "$img: content equals qemu-img convert" probe same "$flat" "$REF/$key"
+    else
+        check "$img: content equals qemu-img convert" same_file "$flat" "$REF/$key"
+    fi
     check "$img: SEEK_DATA/SEEK_HOLE match qemu-img map" probe holes "$flat" "$REF/$key" "$REF/$key.map"
     if has_holes "$REF/$key.map" && [ -s "$REF/$key" ]; then
         check "$img: st_blocks shows a sparse file" probe sparse "$flat"
     fi
     info=$MNT/$img.d/info.json
-    check "$img: info.json is valid JSON" json_valid "$info"
-    check "$img: info.json virtual_size" jq_true "$info" ".virtual_size == $(cat "$REF/$key.size")"
-    check "$img: info.json status ok, no problems" jq_true "$info" '.status == "ok" and .problems == []'
-    check "$img: info.json file is the absolute path" jq_true "$info" ".file == \"$SRC/$img\""
-    check "$img: info.json file_size" jq_true "$info" ".file_size == $(stat -c %s "$SRC/$img")"
-    check "$img: info.json allocated_size is the host allocation" \
-        jq_true "$info" ".allocated_size == $(($(stat -c '%b * %B' "$SRC/$img")))"
-    check "$img: info.json data_size is a number within the disk" \
-        jq_true "$info" '(.data_size | type) == "number" and .data_size <= .virtual_size'
+    jq_checks "$info" "$img: info.json" \
+        "virtual_size" ".virtual_size == $(cat "$REF/$key.size")" \
+        "status ok, no problems" '.status == "ok" and .problems == []' \
+        "file is the absolute path" ".file == \"$SRC/$img\"" \
+        "file_size" ".file_size == $(stat -c %s "$SRC/$img")" \
+        "allocated_size is the host allocation" ".allocated_size == $(($(stat -c '%b * %B' "$SRC/$img")))" \
+        "data_size is a number within the disk" '(.data_size | type) == "number" and .data_size <= .virtual_size'
     check "$img: info text states the virtual size" \
         t grep -q "virtual size: $(cat "$REF/$key.size") bytes" "$MNT/$img.d/info"
 done
@@ -138,31 +140,24 @@ for img in "${RAW[@]}"; do
     check "$img: format raw" jq_true "$MNT/$img.d/info.json" '.format == "raw" and (has("qcow2") | not)'
 done
 
-qinfo() {   # qinfo IMAGE FILTER: a check on the qcow2 facts of info.json
-    check "$1: info.json $2" jq_true "$MNT/$1.d/info.json" "$2"
-}
 for img in "${QCOW2[@]}"; do
-    qinfo "$img" '.format == "qcow2"'
     cs=$(jq -r '."cluster-size"' <(cd "$SRC/$(dirname "$img")" &&
         qemu-img info -U --output=json "$(basename "$img")"))
-    qinfo "$img" ".qcow2.cluster_size == $cs"
+    case $img in v2*) v=2 ;; *) v=3 ;; esac
+    case $img in *zstd*) c=zstd ;; *) c=zlib ;; esac
+    case $img in xl2*) x=true ;; *) x=false ;; esac
     case $img in
-    v2*) qinfo "$img" '.qcow2.format_version == 2' ;;
-    *) qinfo "$img" '.qcow2.format_version == 3' ;;
+    df/*) df='.qcow2.data_file | type == "string" and endswith(".data")' ;;
+    *) df='(.qcow2.data_file // null) == null' ;;
     esac
-    case $img in
-    *zstd*) qinfo "$img" '.qcow2.compression == "zstd"' ;;
-    *) qinfo "$img" '.qcow2.compression == "zlib"' ;;
-    esac
-    case $img in
-    xl2*) qinfo "$img" '.qcow2.extended_l2 == true' ;;
-    *) qinfo "$img" '.qcow2.extended_l2 == false' ;;
-    esac
-    case $img in
-    df/*) qinfo "$img" '.qcow2.data_file | type == "string" and endswith(".data")' ;;
-    *) qinfo "$img" '(.qcow2.data_file // null) == null' ;;
-    esac
-    qinfo "$img" '.backing_chain == [] and .snapshots == []'
+    jq_checks "$MNT/$img.d/info.json" "$img: info.json" \
+        "format qcow2" '.format == "qcow2"' \
+        "qcow2.cluster_size $cs" ".qcow2.cluster_size == $cs" \
+        "qcow2.format_version $v" ".qcow2.format_version == $v" \
+        "qcow2.compression $c" ".qcow2.compression == \"$c\"" \
+        "qcow2.extended_l2 $x" ".qcow2.extended_l2 == $x" \
+        "qcow2.data_file" "$df" \
+        "no backing chain, no snapshots" '.backing_chain == [] and .snapshots == []'
 done
 
 check "writes to a flat file and mkdir/create in the root fail with EROFS" \
@@ -172,7 +167,7 @@ check "writes to info and create in NAME.d fail with EROFS" \
 check "writes to a raw image fail with EROFS" probe erofs "$MNT/disk.img" "$MNT/df"
 check "cp --sparse=always of a flat file copies it" \
     t cp --sparse=always "$MNT/big.qcow2" "$WORK/big.copy"
-check "the sparse copy equals qemu-img convert" cmp "$WORK/big.copy" "$REF/big.qcow2"
+check "the sparse copy equals qemu-img convert" probe same "$WORK/big.copy" "$REF/big.qcow2"
 check "the sparse copy is sparse" test "$(stat -c %b "$WORK/big.copy")" -lt 20000
 rm -f "$WORK/big.copy"
 check "vmfs is still running" daemon_alive
