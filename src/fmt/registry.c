@@ -5,6 +5,9 @@
 #include "vmfs/fmt.h"
 
 extern const struct vfmt_driver vfmt_qcow2;
+extern const struct vfmt_driver vfmt_vhd;
+extern const struct vfmt_driver vfmt_vdi;
+extern const struct vfmt_driver vfmt_qed;
 extern const struct vfmt_driver vfmt_vmdk;
 extern const struct vfmt_driver vfmt_vhdx;
 extern const struct vfmt_driver vfmt_raw;
@@ -12,6 +15,9 @@ extern const struct vfmt_driver vfmt_raw;
 /* Probed in order; raw last, it claims files by extension only. */
 const struct vfmt_driver *const vfmt_drivers[] = {
     &vfmt_qcow2,
+    &vfmt_vhd,
+    &vfmt_vdi,
+    &vfmt_qed,
     &vfmt_vmdk,
     &vfmt_vhdx,
     &vfmt_raw,
