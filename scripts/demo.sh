@@ -92,17 +92,17 @@ cat <<EOF
 
 vmfs is serving $IMAGES at $MNT (read-only).  Things to try:
 
-  ls -l $MNT $MNT/chain
+  ls -l $MNT $MNT/chain $MNT/gpt.qcow2.d
   cat $MNT/gpt.qcow2.d/info
-  jq . $MNT/chain/overlay.qcow2.d/info.json
+  jq '.partitions[] | {number, start, size, type_name, name}' $MNT/gpt.qcow2.d/info.json
   sfdisk -d $MNT/gpt.qcow2
-  sfdisk -l $MNT/mbr.qcow2
-  sfdisk --json $MNT/gpt.qcow2 | jq '.partitiontable.partitions[] | {node, start, size}'
+  debugfs -R 'cat /hello.txt' $MNT/gpt.qcow2.d/p1
+  ls $MNT/mbr.qcow2.d
+  jq '.backing_chain' $MNT/chain/overlay.qcow2.d/info.json
   ls $MNT/snap.qcow2.d/snapshots/
   cmp $MNT/snap.qcow2.d/snapshots/before-upgrade $MNT/snap.qcow2.d/snapshots/after-upgrade | head -1
   qemu-img convert -O raw $IMAGES/zstd.qcow2 /tmp/zstd.raw && cmp /tmp/zstd.raw $MNT/zstd.qcow2 && echo identical
   cp --sparse=always $MNT/gpt.qcow2 /tmp/gpt.raw && du -h --apparent-size /tmp/gpt.raw && du -h /tmp/gpt.raw
-  dd if=$MNT/gpt.qcow2 of=/tmp/p1.img bs=1M skip=1 count=40 && debugfs -R 'cat /hello.txt' /tmp/p1.img
   cat $MNT/README.txt        # not there: only images are shown
 
 Unmount with:
