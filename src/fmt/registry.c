@@ -10,6 +10,7 @@ extern const struct vfmt_driver vfmt_vdi;
 extern const struct vfmt_driver vfmt_qed;
 extern const struct vfmt_driver vfmt_vmdk;
 extern const struct vfmt_driver vfmt_vhdx;
+extern const struct vfmt_driver vfmt_bridge;
 extern const struct vfmt_driver vfmt_raw;
 
 /* Probed in order; raw last, it claims files by extension only. */
@@ -20,6 +21,7 @@ const struct vfmt_driver *const vfmt_drivers[] = {
     &vfmt_qed,
     &vfmt_vmdk,
     &vfmt_vhdx,
+    &vfmt_bridge,
     &vfmt_raw,
     NULL,
 };

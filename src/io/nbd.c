@@ -47,6 +47,8 @@ struct nsrc {
     struct vsrc_nbd_opts opts;
     unsigned max_conns;           /* pool size allowed */
     atomic_uint limit;            /* pool size the server turned out to take */
+    atomic_uint members;          /* slots [0, members) make up the pool */
+    atomic_flag growing;          /* one new member at a time */
     struct nconn conns[NBD_MAX_CONNS];
     atomic_uint rr;
     atomic_uint_fast64_t retry_at;   /* monotonic ns: no connection attempt before */
@@ -117,8 +119,9 @@ static int wait_cmd(struct nbd_handle *h, int64_t cookie, uint64_t deadline, boo
         if (r == 1)
             return 0;
         if (r < 0) {
+            /* ESHUTDOWN: the server is stopping and waits for us to go */
             int e = nbd_err();
-            *broken = !(nbd_aio_is_ready(h) || nbd_aio_is_processing(h));
+            *broken = e == ESHUTDOWN || !(nbd_aio_is_ready(h) || nbd_aio_is_processing(h));
             return -e;
         }
         uint64_t now = now_ns();
@@ -201,13 +204,13 @@ static void drop(struct nconn *c)
     atomic_store(&c->up, false);
 }
 
-/* Connects c (locked, not connected), within the retry limit.  grow: an
- * extra connection while others work, whose failure only shrinks the pool. */
+/* Connects c (locked, not connected).  A reconnection waits for the retry
+ * time, may revive the server, and logs the failure; a grow (an extra
+ * connection while others work) is quick and silent. */
 static int reconnect(struct vsrc *s, struct nconn *c, bool grow)
 {
     struct nsrc *ns = s->priv;
-    uint64_t now = now_ns();
-    if (!grow && now < atomic_load(&ns->retry_at))
+    if (!grow && now_ns() < atomic_load(&ns->retry_at))
         return -EIO;
     char why[256];
     int err = 0;
@@ -216,106 +219,118 @@ static int reconnect(struct vsrc *s, struct nconn *c, bool grow)
         ns->opts.revive(ns->opts.ctx);
         h = dial(ns, CONNECT_MS, &err, why, sizeof why);
     }
-    if (!h) {
-        if (grow) {
-            /* The server takes no more connections: stay with those. */
-            unsigned up = 0;
-            for (unsigned i = 0; i < ns->max_conns; i++)
-                up += atomic_load(&ns->conns[i].up);
-            atomic_store(&ns->limit, VMFS_MAX(up, 1u));
-            return -EAGAIN;
-        }
-        atomic_store(&ns->retry_at, now_ns() + RETRY_NS);
-        mark_down(ns, why);
-        return -EIO;
-    }
     uint64_t size = 0;
-    int r = learn(ns, h, &size);
+    int r = h ? learn(ns, h, &size) : err;
     if (r == 0 && size != s->size) {
         snprintf(why, sizeof why, "the export's size changed from %llu to %llu bytes",
                  (unsigned long long)s->size, (unsigned long long)size);
         r = -EIO;
-    } else if (r < 0) {
+    } else if (h && r < 0) {
         snprintf(why, sizeof why, "%s", strerror(-r));
     }
     if (r < 0) {
-        nbd_close(h);
+        if (h)
+            nbd_close(h);
+        if (grow)
+            return -EAGAIN;
         atomic_store(&ns->retry_at, now_ns() + RETRY_NS);
         mark_down(ns, why);
         return -EIO;
     }
     c->h = h;
     atomic_store(&c->up, true);
-    atomic_store(&ns->retry_at, 0);
-    mark_up(ns);
+    if (!grow) {
+        atomic_store(&ns->retry_at, 0);
+        mark_up(ns);
+    }
     return 0;
 }
 
-/* Takes a connection for one command: a free connected one, else a new
- * one while the pool may grow (*grow set), else waits for one.  Returns it
- * locked, connected or not. */
-static struct nconn *take(struct nsrc *ns, bool *grow)
+/* Takes a connection for one command, locked: a free working member of
+ * the pool; else a new member while the pool may grow (*grow_slot set;
+ * one grow at a time); else waits for a working member (or any member
+ * when none works: it reconnects). */
+static struct nconn *take(struct nsrc *ns, int *grow_slot)
 {
-    unsigned n = VMFS_MIN(atomic_load(&ns->limit), ns->max_conns);
-    unsigned up = 0;
-    *grow = false;
+    *grow_slot = -1;
+    unsigned n = atomic_load(&ns->members);
     for (unsigned i = 0; i < n; i++) {
         struct nconn *c = &ns->conns[i];
-        if (atomic_load(&c->up)) {
-            up++;
-            if (!pthread_mutex_trylock(&c->lock)) {
-                if (c->h)
-                    return c;
-                pthread_mutex_unlock(&c->lock);
-            }
+        if (atomic_load(&c->up) && !pthread_mutex_trylock(&c->lock)) {
+            if (c->h)
+                return c;
+            pthread_mutex_unlock(&c->lock);
         }
     }
-    for (unsigned i = 0; i < n; i++) {
-        struct nconn *c = &ns->conns[i];
-        if (!atomic_load(&c->up) && !pthread_mutex_trylock(&c->lock)) {
-            *grow = !c->h && up > 0;
-            return c;
+    if (n < atomic_load(&ns->limit) && !atomic_flag_test_and_set(&ns->growing)) {
+        n = atomic_load(&ns->members);       /* only the grower changes it */
+        if (n < atomic_load(&ns->limit)) {
+            pthread_mutex_lock(&ns->conns[n].lock);
+            *grow_slot = (int)n;
+            return &ns->conns[n];
         }
+        atomic_flag_clear(&ns->growing);
     }
-    struct nconn *c = &ns->conns[atomic_fetch_add(&ns->rr, 1) % n];
-    pthread_mutex_lock(&c->lock);
-    return c;
+    unsigned start = atomic_fetch_add(&ns->rr, 1) % n, pick = start;
+    for (unsigned i = 0; i < n; i++)
+        if (atomic_load(&ns->conns[(start + i) % n].up)) {
+            pick = (start + i) % n;
+            break;
+        }
+    pthread_mutex_lock(&ns->conns[pick].lock);
+    return &ns->conns[pick];
+}
+
+/* The server would not take connection slot: the pool stays below it. */
+static void stop_growing(struct nsrc *ns, struct nconn *c, int slot)
+{
+    drop(c);
+    atomic_store(&ns->limit, (unsigned)slot);
+    pthread_mutex_unlock(&c->lock);
+    atomic_flag_clear(&ns->growing);
 }
 
 /* Runs fn on a connection, reconnecting once when the connection it had
- * turned out to be broken (a server restarted between two reads). */
+ * turned out to be broken (a server restarted between two reads).  A new
+ * member joins the pool once its first command went through. */
 typedef int (*nbd_cmd_fn)(struct nsrc *ns, struct nbd_handle *h, void *arg, bool *broken);
 
 static int with_conn(struct vsrc *s, nbd_cmd_fn fn, void *arg)
 {
     struct nsrc *ns = s->priv;
     for (;;) {
-        bool grow;
-        struct nconn *c = take(ns, &grow);
-        int r = 0;
-        if (!c->h) {
-            r = reconnect(s, c, grow);
-            if (r == -EAGAIN) {          /* the pool is full: try again */
-                pthread_mutex_unlock(&c->lock);
+        int slot;
+        struct nconn *c = take(ns, &slot);
+        int r = c->h ? 0 : reconnect(s, c, slot >= 0);
+        if (slot >= 0 && r < 0) {
+            stop_growing(ns, c, slot);
+            continue;
+        }
+        for (int attempt = 0; r == 0 && attempt < 2; attempt++) {
+            bool broken = false;
+            r = fn(ns, c->h, arg, &broken);
+            if (!broken)
+                break;
+            if (slot >= 0)
+                break;
+            char why[160];
+            snprintf(why, sizeof why, "%s", strerror(-r));
+            drop(c);
+            ext_forget(ns);
+            r = -EIO;
+            if (attempt == 1 || reconnect(s, c, false) < 0) {
+                mark_down(ns, why);
+                break;
+            }
+            r = 0;
+        }
+        if (slot >= 0) {
+            if (!c->h || !atomic_load(&c->up) || (r < 0 && !nbd_aio_is_ready(c->h))) {
+                stop_growing(ns, c, slot);
                 continue;
             }
-        }
-        if (r == 0) {
-            for (int attempt = 0; attempt < 2; attempt++) {
-                bool broken = false;
-                r = fn(ns, c->h, arg, &broken);
-                if (!broken)
-                    break;
-                char why[160];
-                snprintf(why, sizeof why, "%s", strerror(-r));
-                drop(c);
-                ext_forget(ns);
-                r = -EIO;
-                if (attempt == 1 || reconnect(s, c, false) < 0) {
-                    mark_down(ns, why);
-                    break;
-                }
-            }
+            atomic_store(&ns->members, (unsigned)slot + 1);
+            atomic_flag_clear(&ns->growing);
         }
         pthread_mutex_unlock(&c->lock);
         return r;
@@ -511,6 +526,7 @@ struct vsrc *vsrc_open_nbd_ex(const char *uri, const struct vsrc_nbd_opts *o, in
     ns->max_conns = ns->opts.max_conns ? VMFS_MIN(ns->opts.max_conns, NBD_MAX_CONNS)
                                        : NBD_MAX_CONNS;
     pthread_mutex_init(&ns->state_lock, NULL);
+    atomic_flag_clear(&ns->growing);
     for (unsigned i = 0; i < NBD_MAX_CONNS; i++)
         pthread_mutex_init(&ns->conns[i].lock, NULL);
 
@@ -535,6 +551,7 @@ struct vsrc *vsrc_open_nbd_ex(const char *uri, const struct vsrc_nbd_opts *o, in
     if (nbd_can_multi_conn(h) != 1)
         ns->max_conns = 1;
     atomic_store(&ns->limit, ns->max_conns);
+    atomic_store(&ns->members, 1);
     ns->conns[0].h = h;
     atomic_store(&ns->conns[0].up, true);
     return s;
