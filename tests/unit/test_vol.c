@@ -970,6 +970,16 @@ START_TEST(lvm_whole_disk_and_wrap)
     ck_assert_ptr_nonnull(v);
     ck_assert_uint_eq(v->size, 16 * EXT);
     ck_assert_uint_eq(origin(m, v, 0), PE_START + 2 * EXT);
+    ck_json_has(lay, "\"content\": null");
+    vlayout_free(lay);
+    /* A PV label inside the LV: named, not followed. */
+    uint8_t *in = m->b + PE_START + 2 * EXT + 512;
+    memcpy(in, "LABELONE", 8);
+    memcpy(in + 24, "LVM2 001", 8);
+    lay = scan(m);
+    ck_json_has(lay, "\"content\": \"LVM2 PV\"");
+    ck_json_has(lay, "\"content_note\": \"not followed");
+    ck_assert_uint_eq(lay->nvols, 1);
     vlayout_free(lay);
     mdisk_free(m);
     free(text);
