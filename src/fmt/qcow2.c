@@ -134,11 +134,13 @@ static int parse_extensions(struct qcow2_header *h, const uint8_t *buf,
         case QCOW2_EXT_END:
             return 0;
         case QCOW2_EXT_BACKING_FMT:
-            if (elen > QCOW2_MAX_BACKING_FMT)
-                return perr(msg, msglen, -EINVAL,
-                            "backing format name is %" PRIu32 " bytes long", elen);
             free(h->backing_fmt);
-            h->backing_fmt = dup_str(buf, len, off, elen);
+            h->backing_fmt = NULL;
+            if (elen > QCOW2_MAX_BACKING_FMT && !h->backing_problem)
+                h->backing_problem = xasprintf("backing format name is %" PRIu32
+                                               " bytes long, no format's name is", elen);
+            else if (elen <= QCOW2_MAX_BACKING_FMT)
+                h->backing_fmt = dup_str(buf, len, off, elen);
             break;
         case QCOW2_EXT_FEATURES:
             parse_feature_table(h, buf, len, off, elen);
@@ -268,41 +270,21 @@ uint64_t qcow2_l1_entries_for(uint64_t size, unsigned cluster_bits, bool ext_l2)
     return n + ((size & ((1ull << shift) - 1)) != 0);
 }
 
-static int check_l1(const struct qcow2_header *h, char *msg, size_t msglen)
-{
-    uint64_t cs = 1ull << h->cluster_bits;
-    bool ext = h->incompat & QCOW2_INCOMPAT_EXTL2;
-    uint64_t need = qcow2_l1_entries_for(h->size, h->cluster_bits, ext);
-    if (h->l1_size > QCOW2_MAX_L1_BYTES / 8)
-        return perr(msg, msglen, -EINVAL,
-                    "L1 table has %" PRIu32 " entries, more than the limit of %u",
-                    h->l1_size, QCOW2_MAX_L1_BYTES / 8);
-    if (need > h->l1_size)
-        return perr(msg, msglen, -EINVAL,
-                    "L1 table (%" PRIu32 " entries) is too small for the virtual size %"
-                    PRIu64 " (%" PRIu64 " entries needed)", h->l1_size, h->size, need);
-    if (h->l1_size && (h->l1_off == 0 || (h->l1_off & (cs - 1))))
-        return perr(msg, msglen, -EINVAL,
-                    "L1 table offset 0x%" PRIx64 " is not a cluster boundary after the header",
-                    h->l1_off);
-    return 0;
-}
-
-static int parse_backing(struct qcow2_header *h, const uint8_t *buf, size_t len,
-                         char *msg, size_t msglen)
+/* The backing file name; a name that cannot be read is noted in
+ * backing_problem, not refused. */
+static void parse_backing(struct qcow2_header *h, const uint8_t *buf, size_t len)
 {
     uint64_t cs = 1ull << h->cluster_bits;
     if (!h->backing_off)
-        return 0;
+        return;
     if (h->backing_off > cs)
-        return perr(msg, msglen, -EINVAL,
-                    "backing file name offset %" PRIu64 " lies outside the first cluster",
-                    h->backing_off);
-    if (h->backing_len > QCOW2_MAX_BACKING_NAME || h->backing_len > cs - h->backing_off)
-        return perr(msg, msglen, -EINVAL, "backing file name is too long (%" PRIu32 " bytes)",
-                    h->backing_len);
-    h->backing_name = dup_str(buf, len, h->backing_off, h->backing_len);
-    return 0;
+        h->backing_problem = xasprintf("backing file name offset %" PRIu64
+                                       " lies outside the first cluster", h->backing_off);
+    else if (h->backing_len > QCOW2_MAX_BACKING_NAME || h->backing_len > cs - h->backing_off)
+        h->backing_problem = xasprintf("backing file name is too long (%" PRIu32 " bytes)",
+                                       h->backing_len);
+    else
+        h->backing_name = dup_str(buf, len, h->backing_off, h->backing_len);
 }
 
 int qcow2_parse_header(const uint8_t *buf, size_t len, uint64_t file_size,
@@ -326,14 +308,12 @@ int qcow2_parse_header(const uint8_t *buf, size_t len, uint64_t file_size,
     int r = h->version == 3 ? parse_v3_fields(h, buf, len, file_size, msg, msglen) : 0;
     uint64_t cs = 1ull << h->cluster_bits;
     uint64_t ext_end = h->backing_off && h->backing_off < cs ? h->backing_off : cs;
-    if (r == 0)
-        r = parse_backing(h, buf, len, msg, msglen);
-    if (r == 0)
+    if (r == 0) {
+        parse_backing(h, buf, len);
         r = parse_extensions(h, buf, len, h->header_len, ext_end, msg, msglen);
+    }
     if (r == 0)
         r = check_features(h, msg, msglen);
-    if (r == 0)
-        r = check_l1(h, msg, msglen);
     if (r < 0)
         qcow2_header_free(h);
     return r;
@@ -345,7 +325,8 @@ void qcow2_header_free(struct qcow2_header *h)
     free(h->backing_fmt);
     free(h->data_file);
     free(h->features);
-    h->backing_name = h->backing_fmt = h->data_file = NULL;
+    free(h->backing_problem);
+    h->backing_name = h->backing_fmt = h->data_file = h->backing_problem = NULL;
     h->features = NULL;
     h->nfeatures = 0;
 }
@@ -458,8 +439,12 @@ struct qcow2 {
 
     uint64_t *l1;               /* the active L1 table, host order */
     uint64_t l1_off, l1_size;   /* as declared */
-    uint64_t l1_used;           /* entries that cover the virtual size */
-    uint64_t l1_avail;          /* entries read; the rest lies past EOF */
+    uint64_t l1_avail;          /* entries in l1 */
+    uint64_t l1_err_end;        /* entries from l1_avail up to this one are
+                                   missing (error runs); later ones are
+                                   unallocated (a snapshot's shorter table) */
+    bool backing_bad;           /* the backing reference is unreadable:
+                                   unallocated clusters are error runs */
 
     struct vsnap *snaps;
     struct q_snap_l1 *snap_l1;
@@ -671,13 +656,17 @@ static unsigned span_bits(const struct qcow2 *q)
     return q->g.cluster_bits + q->l2_bits;
 }
 
+/* The guest offset where L1 entry n starts, saturated. */
+static uint64_t l1_to_guest(const struct qcow2 *q, uint64_t n)
+{
+    return n > (UINT64_MAX >> span_bits(q)) ? UINT64_MAX : n << span_bits(q);
+}
+
 /* Looks up L1 entry l1i; for L1_OK *l2off is a table inside the file. */
 static enum l1_state l1_lookup(struct qcow2 *q, uint64_t l1i, uint64_t *l2off)
 {
-    if (l1i >= q->l1_used)
-        return L1_BEYOND;
     if (l1i >= q->l1_avail)
-        return L1_MISSING;
+        return l1i < q->l1_err_end ? L1_MISSING : L1_BEYOND;
     uint64_t off = q->l1[l1i] & QCOW2_L1E_OFFSET_MASK;
     if (!off)
         return L1_UNALLOC;
@@ -812,8 +801,7 @@ static void piece_at(struct qcow2 *q, struct l2cur *c, uint64_t pos, uint64_t en
                      struct piece *p)
 {
     uint64_t l1i = pos >> span_bits(q);
-    uint64_t span_end = (l1i + 1) << span_bits(q);
-    uint64_t stop = VMFS_MIN(span_end, end);
+    uint64_t stop = VMFS_MIN(l1_to_guest(q, l1i + 1), end);
     uint64_t l2off = 0;
     switch (l1_lookup(q, l1i, &l2off)) {
     case L1_BEYOND:
@@ -822,7 +810,9 @@ static void piece_at(struct qcow2 *q, struct l2cur *c, uint64_t pos, uint64_t en
     case L1_UNALLOC:
         piece_set(p, VRUN_BACKING, stop - pos);
         return;
-    case L1_MISSING:
+    case L1_MISSING:  /* all entries up to l1_err_end are: one step */
+        piece_set(p, VRUN_ERROR, VMFS_MIN(l1_to_guest(q, q->l1_err_end), end) - pos);
+        return;
     case L1_BAD:
         piece_set(p, VRUN_ERROR, stop - pos);
         return;
@@ -850,6 +840,8 @@ static int q_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
     while (pos < end) {
         struct piece p = {.kind = VRUN_ERROR, .len = end - pos};
         piece_at(q, &c, pos, end, &p);
+        if (p.kind == VRUN_BACKING && q->backing_bad)
+            p.kind = VRUN_ERROR;
         if (pos == off) {
             run->kind = p.kind;
             run->src = p.src;
@@ -943,32 +935,67 @@ static int q_decode(struct vlayer *l, void *buf, size_t len, uint64_t off)
  * Opening
  * ---------------------------------------------------------------------- */
 
+/* Checks a snapshot's L1 table strictly: a snapshot whose table is unusable
+ * is not shown rather than shown in part. */
+static int check_snapshot_l1(struct qcow2 *q, uint64_t l1_off, uint64_t l1_size,
+                             uint64_t need, const char *what)
+{
+    if (l1_size > QCOW2_MAX_L1_BYTES / 8 || need > QCOW2_MAX_L1_BYTES / 8) {
+        vlayer_problem(q->l, "%s: %" PRIu64 " entries (%" PRIu64 " needed) is more than "
+                       "the limit of %u", what, l1_size, need, QCOW2_MAX_L1_BYTES / 8);
+        return -EINVAL;
+    }
+    if (l1_size && (l1_off == 0 || (l1_off & (q->cs - 1)))) {
+        vlayer_problem(q->l, "%s offset 0x%" PRIx64 " is not a cluster boundary after "
+                       "the header", what, l1_off);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Judges the header's own L1 table: every fault is reported and leaves the
+ * entries concerned missing (error runs); returns how many to load. */
+static uint64_t check_active_l1(struct qcow2 *q, uint64_t l1_off, uint64_t l1_size,
+                                uint64_t need, uint64_t vsize)
+{
+    uint64_t max = QCOW2_MAX_L1_BYTES / 8;
+    uint64_t want = VMFS_MIN(VMFS_MIN(need, l1_size), max);
+    if (l1_size > max)
+        vlayer_problem(q->l, "L1 table claims %" PRIu64 " entries, more than the limit of %"
+                       PRIu64, l1_size, max);
+    if (want < need)
+        vlayer_problem(q->l, "L1 table (%" PRIu64 " entries) maps only the first %" PRIu64
+                       " bytes of the %" PRIu64 "-byte disk: reads past that fail",
+                       l1_size, l1_to_guest(q, want), vsize);
+    if (want && (l1_off == 0 || (l1_off & (q->cs - 1)))) {
+        vlayer_problem(q->l, "L1 table offset 0x%" PRIx64 " is not a cluster boundary after "
+                       "the header: no data can be read", l1_off);
+        want = 0;
+    }
+    return want;
+}
+
 /* Makes the L1 table of l1_size entries at l1_off the active one for a disk
  * of vsize bytes.  Entries past vsize are not loaded; entries past the end
- * of the file become error runs (reported here, once).  A table shorter
- * than vsize needs (an older snapshot's) leaves the rest unallocated. */
+ * of the file become error runs (reported here, once).  The header's table
+ * (active) is judged leniently: damage leaves error runs.  A snapshot's is
+ * judged strictly, and a snapshot table shorter than its disk (taken before
+ * a resize) leaves the rest unallocated. */
 static int load_l1(struct qcow2 *q, uint64_t l1_off, uint64_t l1_size, uint64_t vsize,
-                   const char *what)
+                   bool active, const char *what)
 {
     struct vlayer *l = q->l;
     uint64_t need = qcow2_l1_entries_for(vsize, q->g.cluster_bits, q->g.ext_l2);
-    if (l1_size > QCOW2_MAX_L1_BYTES / 8 || need > QCOW2_MAX_L1_BYTES / 8) {
-        vlayer_problem(l, "%s: %" PRIu64 " entries (%" PRIu64 " needed for %" PRIu64
-                       " bytes) is more than the limit of %u", what, l1_size, need, vsize,
-                       QCOW2_MAX_L1_BYTES / 8);
+    uint64_t want = VMFS_MIN(need, l1_size);
+    if (active)
+        want = check_active_l1(q, l1_off, l1_size, need, vsize);
+    else if (check_snapshot_l1(q, l1_off, l1_size, need, what) < 0)
         return -EINVAL;
-    }
-    uint64_t used = VMFS_MIN(need, l1_size);
-    if (used && (l1_off == 0 || (l1_off & (q->cs - 1)))) {
-        vlayer_problem(l, "%s offset 0x%" PRIx64 " is not a cluster boundary after the header",
-                       what, l1_off);
-        return -EINVAL;
-    }
     uint64_t fsize = l->file->size;
-    uint64_t avail = l1_off >= fsize ? 0 : VMFS_MIN(used, (fsize - l1_off) / 8);
-    if (avail < used)
+    uint64_t avail = l1_off >= fsize ? 0 : VMFS_MIN(want, (fsize - l1_off) / 8);
+    if (avail < want)
         vlayer_problem(l, "%s at 0x%" PRIx64 ": entries %" PRIu64 " to %" PRIu64
-                       " lie past the end of the file", what, l1_off, avail, used - 1);
+                       " lie past the end of the file", what, l1_off, avail, want - 1);
     uint64_t *t = avail ? xmalloc((size_t)avail * 8) : NULL;
     int r = avail ? vsrc_pread(l->file, t, (size_t)avail * 8, l1_off) : 0;
     if (r < 0) {
@@ -982,8 +1009,8 @@ static int load_l1(struct qcow2 *q, uint64_t l1_off, uint64_t l1_size, uint64_t 
     q->l1 = t;
     q->l1_off = l1_off;
     q->l1_size = l1_size;
-    q->l1_used = used;
     q->l1_avail = avail;
+    q->l1_err_end = active ? need : VMFS_MIN(need, l1_size);
     return 0;
 }
 
@@ -1187,13 +1214,18 @@ static int q_open(struct vlayer *l)
     l->priv = q;
     set_geometry(q);
     l->size = q->h.size & ~(uint64_t)511;
-    r = load_l1(q, q->h.l1_off, q->h.l1_size, l->size, "L1 table");
+    r = load_l1(q, q->h.l1_off, q->h.l1_size, l->size, true, "L1 table");
     if (r < 0) {
         q_close(l);
         return r;
     }
     open_data_file(q);
     read_snapshots(q);
+    if (q->h.backing_problem) {
+        vlayer_problem(l, "%s: reads that need the backing file fail", q->h.backing_problem);
+        q->backing_bad = true;
+        return 0;
+    }
     l->backing_name = q->h.backing_name;
     l->backing_fmt = q->h.backing_fmt;
     q->h.backing_name = q->h.backing_fmt = NULL;
@@ -1234,7 +1266,8 @@ static int q_snapshot_select(struct vlayer *l, size_t i)
         return -EINVAL;
     char what[80];
     snprintf(what, sizeof(what), "L1 table of snapshot %s", q->snaps[i].id);
-    int r = load_l1(q, q->snap_l1[i].off, q->snap_l1[i].size, q->snaps[i].disk_size, what);
+    int r = load_l1(q, q->snap_l1[i].off, q->snap_l1[i].size, q->snaps[i].disk_size, false,
+                    what);
     if (r < 0)
         return r;
     l->size = q->snaps[i].disk_size;

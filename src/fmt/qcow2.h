@@ -80,6 +80,9 @@ struct qcow2_header {
      * NULL when absent). */
     char *backing_name;
     char *backing_fmt;
+    /* Why the backing reference is unusable (malloc'ed), or NULL.  Not a
+     * reason to refuse the image: reads that need the backing file fail. */
+    char *backing_problem;
     char *data_file;
     bool has_bitmaps_ext;
     bool has_crypto_ext;
@@ -90,7 +93,9 @@ struct qcow2_header {
 
 /* Parses the header in buf, which holds the first len bytes of the first
  * cluster (bytes of the cluster past len, or past the end of the file, read
- * as zeros).  file_size is the size of the whole file.
+ * as zeros).  file_size is the size of the whole file.  The L1 table and
+ * snapshot fields are returned unchecked: the driver judges them, since
+ * damage there leaves part of the image readable.
  *
  * On success returns 0 with *h filled (free with qcow2_header_free).
  * Returns -EINVAL for a malformed header and -ENOTSUP for a well-formed one
