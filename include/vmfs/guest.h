@@ -24,10 +24,24 @@
 
 struct rep;
 
+/* Zero means the default; the environment variables named override a
+ * default (tests use them), never an explicit value. */
 struct guest_opts {
-    unsigned idle_timeout;     /* seconds before an idle appliance stops */
-    unsigned max_appliances;   /* running at once; the idlest stops first */
-    const char *runtime_dir;   /* where NBD sockets go (private, 0700) */
+    unsigned idle_timeout;     /* seconds before an idle appliance stops (60;
+                                  VMFS_GUEST_IDLE_TIMEOUT) */
+    unsigned max_appliances;   /* running at once; the idlest stops first (4) */
+    const char *runtime_dir;   /* where NBD sockets go (private, 0700); NULL: a
+                                  new directory in $XDG_RUNTIME_DIR or /tmp */
+    unsigned call_timeout;     /* seconds one appliance call may take before
+                                  the appliance is killed (120;
+                                  VMFS_GUEST_CALL_TIMEOUT) */
+    unsigned launch_timeout;   /* seconds a launch may take (600;
+                                  VMFS_GUEST_LAUNCH_TIMEOUT) */
+    unsigned kvm_timeout;      /* seconds a launch with KVM may take before
+                                  software emulation is tried (60;
+                                  VMFS_GUEST_KVM_TIMEOUT) */
+    size_t meta_cache;         /* bytes of cached attributes and listings (32 MiB) */
+    size_t data_cache;         /* bytes of cached file data (64 MiB) */
 };
 
 void guest_init(const struct guest_opts *o);
@@ -40,8 +54,9 @@ struct guest_dirent {
 };
 
 /* Attributes of path in filesystem fs of t's view: 0 or a negative errno
- * (-ENOENT, -EIO when the appliance failed, -ENODEV when fs cannot be
- * mounted: its directory shows empty). */
+ * (-ENOENT, -EIO when the appliance failed).  A filesystem that cannot be
+ * mounted is an empty directory: "/" is a directory, readdir lists
+ * nothing, and guest_report says why. */
 int guest_stat(struct timg *t, const char *fs, const char *path, struct stat *st);
 /* The entries of a directory, with attributes, in one call. */
 int guest_readdir(struct timg *t, const char *fs, const char *path,

@@ -31,6 +31,7 @@
 #define LVM_MAX_SEGS 65536           /* segments of one LV */
 #define LVM_MAX_LEGS 16
 #define LVM_MAX_EXTENT_SECTORS (1ull << 32)
+#define LVM_MAX_PE_START (1ull << 48)    /* sectors: 128 PiB */
 static const char mda_magic[16] = " LVM2 x[5A%r0N*>";
 
 /* A place where a PV label may be: the whole disk or a partition. */
@@ -338,6 +339,12 @@ static void parse_pvs(struct vl *vl, struct lvm_state *st, struct lvm_vg *vg,
         pv->dev = SIZE_MAX;
         lt_u64(doc, p, "pe_start", &pv->pe_start);
         lt_u64(doc, p, "pe_count", &pv->pe_count);
+        if (pv->pe_start > LVM_MAX_PE_START) {
+            vl_problem(vl, "LVM: VG %s: PV %s has an impossible pe_start (%" PRIu64
+                       " sectors); treated as missing", vg->name, pv->name, pv->pe_start);
+            pv->pe_start = 0;
+            continue;
+        }
         CLEANUP_FREE char *u = dashless(pv->uuid);
         for (size_t i = 0; i < st->ndevs; i++)
             if (st->devs[i].labelled && !strcmp(st->devs[i].uuid, u)) {
@@ -534,12 +541,12 @@ static char *map_striped(const struct lvm_state *st, const struct lvm_vg *vg,
                          struct segbuf *out)
 {
     uint64_t E = vg->extent_size * 512, n = s->nareas, per = s->extent_count / n;
-    uint64_t ss = s->stripe_size * 512, len, skip, row;
+    uint64_t ss = s->stripe_size * 512, len, skip, row, width;
     uint64_t area[VVOL_MAX_STRIPES];
-    if (ckd_mul_u64(&len, cnt, E) || ckd_mul_u64(&skip, rel, E))
+    if (ckd_mul_u64(&len, cnt, E) || ckd_mul_u64(&skip, rel, E) || ckd_mul_u64(&width, per, E))
         return xstrdup("its size overflows");
     if (n > 1) {
-        if (ckd_mul_u64(&row, ss, n) || (per * E) % ss || skip % row)
+        if (ckd_mul_u64(&row, ss, n) || width % ss || skip % row)
             return xasprintf("a striped segment's geometry is not supported (stripe size "
                              "%" PRIu64 " bytes)", ss);
         skip /= n;
@@ -554,7 +561,7 @@ static char *map_striped(const struct lvm_state *st, const struct lvm_vg *vg,
         const struct lvm_dev *d = &st->devs[pv->dev];
         uint64_t pvoff, end;
         if (ckd_mul_u64(&pvoff, a->start, E) || ckd_add_u64(&pvoff, pvoff, pv->pe_start * 512) ||
-            ckd_mul_u64(&end, per, E) || ckd_add_u64(&end, end, pvoff) || end > d->size)
+            ckd_add_u64(&end, width, pvoff) || end > d->size)
             return xasprintf("its extents on PV %s lie past the end of %s", pv->name, d->name);
         area[i] = d->base + pvoff + skip;
     }
@@ -805,7 +812,7 @@ static void find_devices(struct vl *vl, struct lvm_state *st)
 }
 
 /* Builds one VG from the copies of it (all with the same VG id). */
-static void build_vg(struct vl *vl, struct lvm_state *st, struct lvm_copy *c, size_t nc,
+static void build_vg(struct vl *vl, struct lvm_state *st, const struct lvm_copy *c,
                      const size_t *idx, size_t n)
 {
     struct lvm_vg *vg = &st->vgs[st->nvgs++];
@@ -841,6 +848,8 @@ static void build_vg(struct vl *vl, struct lvm_state *st, struct lvm_copy *c, si
     const struct lt_node *sec = parse_copy(vl, &st->devs[best->dev], best, &doc);
     vg->seqno = best->seqno;
     vg->source = st->devs[best->dev].name;
+    free(vg->name);
+    vg->name = xstrdup(best->vgname);
     if (!sec) {
         vg->reason = xstrdup("its metadata cannot be read");
     } else {
@@ -867,7 +876,7 @@ static void build_vgs(struct vl *vl, struct lvm_state *st, struct lvm_copy *c, s
                 done[j] = true;
                 idx[n++] = j;
             }
-        build_vg(vl, st, c, nc, idx, n);
+        build_vg(vl, st, c, idx, n);
     }
     free(idx);
     free(done);
@@ -983,7 +992,9 @@ static void report_lv(const struct lvm_state *st, const struct lvm_vg *vg,
     else
         rep_set_null(o, "path");
     rep_set_bool(o, "visible", lv->visible);
-    rep_set_size(o, "size", lv->extents * vg->extent_size * 512);
+    uint64_t size;
+    if (!ckd_mul_u64(&size, lv->extents, vg->extent_size * 512))
+        rep_set_size(o, "size", size);
     rep_set_bool(o, "readable", !lv->reason);
     if (lv->reason)
         rep_set_str(o, "reason", lv->reason);

@@ -1055,6 +1055,8 @@ START_TEST(lvm_malformed_text)
         "}}}}",
         "vg { seqno = 1 extent_size = 128 a = [[1]] }",
         "vg { seqno = 99999999999999999999999 }",
+        "vg { seqno = 1 extent_size = 128 physical_volumes { pv0 { id = \"AAAAAA-AAAA-AAAA-"
+        "AAAA-AAAA-AAAA-AAAAA0\" pe_start = 1152921504606846976 } } }",
     };
     struct mdisk *m = mdisk_new(8 * MiB);
     for (size_t i = 0; i < VMFS_ARRAY_SIZE(bad); i++) {
