@@ -1037,6 +1037,44 @@ START_TEST(lvm_seqno_and_bad_crc)
 }
 END_TEST
 
+/* Two VGs on one disk, one per partition. */
+START_TEST(lvm_two_vgs)
+{
+    static const char a[] =
+        "alpha { id = \"alalal-alal-alal-alal-alal-alal-alalal\" seqno = 2 extent_size = 128\n"
+        "physical_volumes { pv0 { id = \"AAAAAA-AAAA-AAAA-AAAA-AAAA-AAAA-AAAAA0\"\n"
+        "pe_start = 2048 pe_count = 80 } }\n"
+        "logical_volumes { one { status = [\"READ\", \"VISIBLE\"] segment1 {\n"
+        "start_extent = 0 extent_count = 2 type = \"striped\" stripe_count = 1\n"
+        "stripes = [\"pv0\", 3] } } } }\ncontents = \"Text Format Volume Group\"\n";
+    static const char b[] =
+        "beta { id = \"bebebe-bebe-bebe-bebe-bebe-bebe-bebebe\" seqno = 9 extent_size = 256\n"
+        "physical_volumes { pv0 { id = \"BBBBBB-BBBB-BBBB-BBBB-BBBB-BBBB-BBBBB1\"\n"
+        "pe_start = 2048 pe_count = 40 } }\n"
+        "logical_volumes { two { status = [\"VISIBLE\"] segment1 {\n"
+        "start_extent = 0 extent_count = 1 type = \"striped\" stripe_count = 1\n"
+        "stripes = [\"pv0\", 1] } } } }\n";
+    struct mdisk *m = two_pv_disk();
+    lvm_mda(m, P1, a, 512, false);
+    lvm_mda(m, P2, b, 512, false);
+    struct vlayout *lay = scan(m);
+    dump_problems(lay);
+    ck_assert_uint_eq(lay->nproblems, 0);
+    const struct vvolume *v1 = vlayout_find(lay, "lvm/alpha/one");
+    const struct vvolume *v2 = vlayout_find(lay, "lvm/beta/two");
+    ck_assert_ptr_nonnull(v1);
+    ck_assert_ptr_nonnull(v2);
+    ck_assert_uint_eq(v1->size, 2 * EXT);
+    ck_assert_uint_eq(v2->size, 2 * EXT);
+    ck_assert_uint_eq(origin(m, v1, 0), P1 + PE_START + 3 * EXT);
+    ck_assert_uint_eq(origin(m, v2, 0), P2 + PE_START + 2 * EXT);
+    ck_json_has(lay, "\"name\": \"alpha\"");
+    ck_json_has(lay, "\"name\": \"beta\"");
+    vlayout_free(lay);
+    mdisk_free(m);
+}
+END_TEST
+
 START_TEST(lvm_malformed_text)
 {
     static const char *const bad[] = {
@@ -1227,6 +1265,7 @@ int main(void)
     tcase_add_test(tc, lvm_two_pvs_all_kinds);
     tcase_add_test(tc, lvm_whole_disk_and_wrap);
     tcase_add_test(tc, lvm_seqno_and_bad_crc);
+    tcase_add_test(tc, lvm_two_vgs);
     tcase_add_test(tc, lvm_malformed_text);
     tcase_add_test(tc, text_parser);
     tcase_add_test(tc, map_striped_volume);
