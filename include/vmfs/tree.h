@@ -11,6 +11,9 @@
 #include "vmfs/image.h"
 #include "vmfs/vol.h"
 
+struct rep;
+struct timg;
+
 struct tree_opts {
     char *source;             /* real path of SOURCE, or its NBD URI */
     bool single_file;         /* SOURCE is one image file (or a URI) */
@@ -18,6 +21,9 @@ struct tree_opts {
     char *single_name;        /* the name the single image gets */
     struct vopen_opts open;   /* root = the SOURCE directory */
     unsigned max_open;        /* images kept open when unused */
+    /* Adds facts of the layers above the tree (guest filesystems) to an
+     * image's report, before its problems.  Optional. */
+    void (*report_extra)(struct timg *t, struct rep *r);
 };
 
 /* An opened image (or snapshot view) with its reports, shared by users. */
@@ -59,7 +65,9 @@ void tree_put(struct timg *t);
 /* Takes one more reference on a held image (released with tree_put). */
 void tree_hold(struct timg *t);
 
-/* The rendered info (json false) or info.json; valid while t is held. */
+/* The rendered info (json false) or info.json — the image's facts, its
+ * layout, report_extra's, its problems: what vmfs-info prints too.  Valid
+ * while t is held. */
 const char *tree_report(struct timg *t, bool json, size_t *len);
 
 /* The partitions and logical volumes of t's disk, scanned on first use;
@@ -77,10 +85,6 @@ int vview_read(const struct vview *v, void *buf, size_t len, uint64_t off);
 int vview_plan(const struct vview *v, uint64_t off, size_t len, struct vplan *plan);
 int vview_extent(const struct vview *v, uint64_t off, bool *data, uint64_t *len);
 uint64_t vview_allocated(const struct vview *v);
-
-/* The whole report of an image: its facts, its layout (may be NULL), its
- * problems — what info, info.json and vmfs-info show. */
-void tree_build_report(struct vimage *img, const struct vlayout *lay, struct rep *r);
 
 /* The file name of snapshot i: its name when that is unique and usable as
  * a file name, else its ID.  malloc'ed. */

@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include "fuse/fuse.h"
+#include "vmfs/bridge.h"
+#include "vmfs/guest.h"
 #include "vmfs/cache.h"
 
 struct cmdline {
@@ -28,6 +30,7 @@ struct cmdline {
     int max_chain_set;
     int allow_external;
     int direct_io;
+    unsigned idle_timeout;
     int show_help, show_version;
     double attr_timeout;
 };
@@ -39,6 +42,7 @@ static const struct fuse_opt vmfs_opts[] = {
     VMFS_OPT("max_chain=%d", max_chain, 0),
     VMFS_OPT("max_chain=", max_chain_set, 1),
     VMFS_OPT("direct_io", direct_io, 1),
+    VMFS_OPT("idle_timeout=%u", idle_timeout, 0),
     VMFS_OPT("attr_timeout=%lf", attr_timeout, 0),
     VMFS_OPT("-h", show_help, 1),
     VMFS_OPT("--help", show_help, 1),
@@ -63,6 +67,8 @@ static void usage(FILE *f)
 "  -o max_chain=N             longest backing chain followed (default %d)\n"
 "  -o direct_io               serve disk reads without the kernel page cache\n"
 "  -o attr_timeout=SECONDS    how long the kernel keeps attributes (default 1)\n"
+"  -o idle_timeout=SECONDS    stop a guest filesystem appliance idle this long\n"
+"                             (default 60)\n"
 "\n"
 "FUSE options:\n"
 "  -f                         stay in the foreground (log to stderr)\n"
@@ -211,6 +217,7 @@ int main(int argc, char **argv)
         .single_file = single,
         .uri = uri,
         .open = {.allow_external = c.allow_external, .max_chain = (unsigned)c.max_chain},
+        .report_extra = guest_report,
     };
     tree_init(&to);
     struct vmfs_config cfg = {
@@ -249,17 +256,23 @@ int main(int argc, char **argv)
     if (!fo.foreground)
         vmfs_log_use_syslog("vmfs");
     fuse_daemonize(fo.foreground);
+    /* Threads start only now: fork would have lost them. */
+    struct guest_opts go = {.idle_timeout = c.idle_timeout};
+    guest_init(&go);
     if (fo.singlethread) {
         ret = fuse_session_loop(se);
     } else {
         struct fuse_loop_config *lc = fuse_loop_cfg_create();
         fuse_loop_cfg_set_clone_fd(lc, fo.clone_fd);
         fuse_loop_cfg_set_idle_threads(lc, fo.max_idle_threads);
-        fuse_loop_cfg_set_max_threads(lc, fo.max_threads);
+        if (fo.max_threads > 0 && fo.max_threads <= 100000)
+            fuse_loop_cfg_set_max_threads(lc, fo.max_threads);
         ret = fuse_session_loop_mt(se, lc);
         fuse_loop_cfg_destroy(lc);
     }
     fuse_session_unmount(se);
+    guest_shutdown();
+    vfmt_bridge_shutdown();
 out_signals:
     fuse_remove_signal_handlers(se);
 out_session:

@@ -6,7 +6,9 @@
  * Image nodes carry the image's path and snapshot index, never the opened
  * image: that comes from the tree at open and getattr, so a changed file is
  * re-read.  Reads go through the handle's image, with data clusters spliced
- * straight from the image file. */
+ * straight from the image file.  NAME.d/fs/ holds the guest filesystems,
+ * served by guest.h: their nodes carry the filesystem's block view name
+ * and the path inside it. */
 #include "config.h"
 
 #include <dirent.h>
@@ -18,9 +20,15 @@
 #include <unistd.h>
 
 #include "fuse/fuse.h"
+#include "vmfs/guest.h"
 #include "vmfs/image.h"
 
-enum nkind { N_DIR, N_DISK, N_DDIR, N_INFO, N_JSON, N_SNAPS, N_VOL, N_VOLDIR };
+enum nkind {
+    N_DIR, N_DISK, N_DDIR, N_INFO, N_JSON, N_SNAPS, N_VOL, N_VOLDIR,
+    N_FSROOT,      /* NAME.d/fs/ */
+    N_FSVDIR,      /* fs/lvm/, fs/lvm/VG/ (sub: "lvm", "lvm/VG") */
+    N_FS,          /* inside a filesystem: sub names it, gpath is the path */
+};
 
 struct node {
     uint64_t ino, parent;
@@ -30,6 +38,7 @@ struct node {
     long snap;               /* -1: current state */
     char *sub;               /* N_VOL: volume path ("p1", "lvm/vg/lv");
                                 N_VOLDIR: its directory ("lvm", "lvm/vg") */
+    char *gpath;             /* N_FS: path inside the filesystem */
     uint64_t nlookup;
     uint64_t served_gen;     /* image generation whose bytes the kernel caches */
     bool hashed;             /* findable by (parent, name) */
@@ -83,6 +92,7 @@ static void node_free(struct node *n)
     free(n->name);
     free(n->path);
     free(n->sub);
+    free(n->gpath);
     free(n);
 }
 
@@ -93,12 +103,14 @@ struct nodeinfo {
     char *path;
     long snap;
     char *sub;
+    char *gpath;
 };
 
 static void ni_free(struct nodeinfo *ni)
 {
     free(ni->path);
     free(ni->sub);
+    free(ni->gpath);
 }
 
 static bool same_sub(const char *a, const char *b)
@@ -116,6 +128,7 @@ static bool get_node(uint64_t ino, struct nodeinfo *ni)
         ni->path = xstrdup(n->path);
         ni->snap = n->snap;
         ni->sub = n->sub ? xstrdup(n->sub) : NULL;
+        ni->gpath = n->gpath ? xstrdup(n->gpath) : NULL;
     }
     pthread_mutex_unlock(&table_lock);
     return n != NULL;
@@ -135,7 +148,7 @@ static uint64_t intern(uint64_t parent, const char *name, const struct nodeinfo 
         if (n->parent == parent && !strcmp(n->name, name))
             break;
     if (n && (n->kind != kind || n->snap != snap || strcmp(n->path, path) ||
-              !same_sub(n->sub, c->sub))) {
+              !same_sub(n->sub, c->sub) || !same_sub(n->gpath, c->gpath))) {
         unhash_name(n);       /* it is something else now: a new inode */
         n = NULL;
     }
@@ -148,6 +161,7 @@ static uint64_t intern(uint64_t parent, const char *name, const struct nodeinfo 
         n->path = xstrdup(path);
         n->snap = snap;
         n->sub = c->sub ? xstrdup(c->sub) : NULL;
+        n->gpath = c->gpath ? xstrdup(c->gpath) : NULL;
         n->hashed = true;
         n->name_next = by_name[b];
         by_name[b] = n;
@@ -192,7 +206,8 @@ static char *xstrndup_name(const char *name)
 
 static bool is_dir_kind(enum nkind k)
 {
-    return k == N_DIR || k == N_DDIR || k == N_SNAPS || k == N_VOLDIR;
+    return k == N_DIR || k == N_DDIR || k == N_SNAPS || k == N_VOLDIR || k == N_FSROOT ||
+           k == N_FSVDIR;
 }
 
 /* The volume a node stands for: its index in the layout, or -1. */
@@ -249,6 +264,52 @@ static void list_vols(const struct vlayout *lay, const char *prefix, struct dirl
     }
 }
 
+/* The filesystems fs/ shows: every partition and LV by its block view
+ * name, and "disk" when the disk has neither (a filesystem on the whole
+ * disk).  Listed from the layout, without starting an appliance. */
+static bool has_fs_view(const struct vlayout *lay, const char *name)
+{
+    if (!strcmp(name, "disk"))
+        return !lay || lay->nvols == 0;
+    for (size_t i = 0; lay && i < lay->nvols; i++)
+        if (!strcmp(lay->vols[i].path, name))
+            return true;
+    return false;
+}
+
+static void list_fs_root(const struct vlayout *lay, struct dirlist *d)
+{
+    if (!lay || lay->nvols == 0)
+        dl_add(d, "disk", S_IFDIR);
+    list_vols(lay, "", d);
+}
+
+/* A guest file's attributes as the mount shows them: the guest's own,
+ * with our inode number.  An unmountable filesystem's root is an empty
+ * directory. */
+static int fs_attr(struct timg *t, const struct nodeinfo *n, struct stat *st,
+                   const struct stat *src)
+{
+    int r = guest_stat(t, n->sub, n->gpath, st);
+    if (r == -ENODEV && !strcmp(n->gpath, "/")) {
+        memset(st, 0, sizeof *st);
+        st->st_mode = S_IFDIR | 0555;
+        st->st_nlink = 2;
+        st->st_uid = src->st_uid;
+        st->st_gid = src->st_gid;
+        st->st_mtim = src->st_mtim;
+        st->st_ctim = src->st_ctim;
+        st->st_atim = src->st_atim;
+        return 0;
+    }
+    return r;
+}
+
+static char *join_gpath(const char *dir, const char *name)
+{
+    return xasprintf("%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", name);
+}
+
 /* Attributes of a node. */
 static int node_attr(uint64_t ino, const struct nodeinfo *n, struct stat *st)
 {
@@ -274,7 +335,10 @@ static int node_attr(uint64_t ino, const struct nodeinfo *n, struct stat *st)
     if (!t)
         return -ENOENT;
     int r = 0;
-    if (is_dir_kind(n->kind)) {
+    if (n->kind == N_FS) {
+        r = fs_attr(t, n, st, &src);
+        st->st_ino = ino;
+    } else if (is_dir_kind(n->kind)) {
         st->st_mode = S_IFDIR | 0555;
         st->st_nlink = 2;
     } else if (n->kind == N_DISK || n->kind == N_VOL) {
@@ -371,7 +435,17 @@ static int child_of(const struct nodeinfo *p, const char *name, struct nodeinfo 
         c->path = xstrdup(p->path);
         return 0;
     }
-    if (p->kind != N_DDIR && p->kind != N_VOLDIR)
+    if (p->kind == N_FS) {
+        if (strlen(p->gpath) + strlen(name) > 4000)
+            return -ENAMETOOLONG;
+        c->kind = N_FS;
+        c->snap = p->snap;
+        c->path = xstrdup(p->path);
+        c->sub = xstrdup(p->sub);
+        c->gpath = join_gpath(p->gpath, name);
+        return 0;
+    }
+    if (p->kind != N_DDIR && p->kind != N_VOLDIR && p->kind != N_FSROOT && p->kind != N_FSVDIR)
         return -ENOTDIR;
     struct timg *t = tree_get(p->path, p->snap);
     if (!t)
@@ -384,6 +458,24 @@ static int child_of(const struct nodeinfo *p, const char *name, struct nodeinfo 
         c->kind = N_INFO;
     } else if (p->kind == N_DDIR && !strcmp(name, "info.json")) {
         c->kind = N_JSON;
+    } else if (p->kind == N_DDIR && !strcmp(name, "fs")) {
+        c->kind = N_FSROOT;
+        if (t->img->top_failed)
+            r = -ENOENT;
+    } else if (p->kind == N_FSROOT && has_fs_view(tree_layout(t), name) &&
+               !strchr(name, '/')) {
+        c->kind = N_FS;
+        c->sub = xstrdup(name);
+        c->gpath = xstrdup("/");
+    } else if (p->kind == N_FSROOT || p->kind == N_FSVDIR) {
+        if (vol_child(tree_layout(t), p->sub ? p->sub : "", name, &is_dir, &idx)) {
+            c->sub = p->sub ? xasprintf("%s/%s", p->sub, name) : xstrdup(name);
+            c->kind = is_dir ? N_FSVDIR : N_FS;
+            if (!is_dir)
+                c->gpath = xstrdup("/");
+        } else {
+            r = -ENOENT;
+        }
     } else if (p->kind == N_DDIR && !strcmp(name, "snapshots")) {
         c->kind = N_SNAPS;
         if (p->snap >= 0 || vimage_snapshot_count(t->img) == 0)
@@ -479,6 +571,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 struct handle {
     enum nkind kind;
     struct vview view;
+    char *fs, *gpath;        /* N_FS */
 };
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -504,8 +597,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         t = NULL;
     }
     enum nkind kind = n.kind;
-    ni_free(&n);
     if (!t) {
+        ni_free(&n);
         fuse_reply_err(req, ENOENT);
         return;
     }
@@ -513,6 +606,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     h->kind = kind;
     h->view.t = t;
     h->view.vol = vol;
+    if (kind == N_FS) {
+        h->fs = n.sub;
+        h->gpath = n.gpath;
+        n.sub = n.gpath = NULL;
+    }
+    ni_free(&n);
     fi->fh = (uint64_t)(uintptr_t)h;
     /* The kernel may keep cached pages only while they are of this very
      * opening of the image. */
@@ -530,6 +629,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fi->direct_io = 1;
     if (fuse_reply_open(req, fi) != 0) {
         tree_put(t);
+        free(h->fs);
+        free(h->gpath);
         free(h);
     }
 }
@@ -538,6 +639,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
     tree_put(h->view.t);
+    free(h->fs);
+    free(h->gpath);
     free(h);
     fuse_reply_err(req, 0);
 }
@@ -595,6 +698,16 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         read_view(req, &h->view, size, off);
         return;
     }
+    if (h->kind == N_FS) {
+        char *buf = xmalloc(size);
+        ssize_t n = guest_read(h->view.t, h->fs, h->gpath, buf, size, (uint64_t)off);
+        if (n < 0)
+            fuse_reply_err(req, (int)-n);
+        else
+            fuse_reply_buf(req, buf, (size_t)n);
+        free(buf);
+        return;
+    }
     size_t len;
     const char *s = tree_report(h->view.t, h->kind == N_JSON, &len);
     if ((uint64_t)off >= len)
@@ -609,6 +722,10 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
     if (whence != SEEK_DATA && whence != SEEK_HOLE) {
         fuse_reply_err(req, EINVAL);
+        return;
+    }
+    if (h->kind == N_FS) {
+        fuse_reply_err(req, EINVAL);     /* no hole information from guests */
         return;
     }
     bool is_view = h->kind == N_DISK || h->kind == N_VOL;
@@ -649,11 +766,100 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
         fuse_reply_err(req, ENXIO);
 }
 
+/* The image behind a guest file node, with the node in *n; NULL with *err
+ * (0: not a guest file) and nothing to free otherwise. */
+static struct timg *fs_node(fuse_ino_t ino, struct nodeinfo *n, int *err)
+{
+    if (!get_node(ino, n)) {
+        *err = ENOENT;
+        return NULL;
+    }
+    struct timg *t = n->kind == N_FS ? tree_get(n->path, n->snap) : NULL;
+    if (!t) {
+        *err = n->kind == N_FS ? ENOENT : 0;
+        ni_free(n);
+    }
+    return t;
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+    struct nodeinfo n;
+    int err;
+    struct timg *t = fs_node(ino, &n, &err);
+    if (!t) {
+        fuse_reply_err(req, err ? err : EINVAL);
+        return;
+    }
+    char *target = NULL;
+    int r = guest_readlink(t, n.sub, n.gpath, &target);
+    tree_put(t);
+    ni_free(&n);
+    if (r < 0)
+        fuse_reply_err(req, -r);
+    else
+        fuse_reply_readlink(req, target);
+    free(target);
+}
+
+static void reply_xattr(fuse_req_t req, size_t size, ssize_t r, const char *buf)
+{
+    if (r < 0)
+        fuse_reply_err(req, (int)-r);
+    else if (size == 0)
+        fuse_reply_xattr(req, (size_t)r);
+    else if ((size_t)r > size)
+        fuse_reply_err(req, ERANGE);
+    else
+        fuse_reply_buf(req, buf, (size_t)r);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+    struct nodeinfo n;
+    int err;
+    struct timg *t = fs_node(ino, &n, &err);
+    if (!t) {
+        if (err)
+            fuse_reply_err(req, err);
+        else if (size)
+            fuse_reply_buf(req, NULL, 0);
+        else
+            fuse_reply_xattr(req, 0);
+        return;
+    }
+    char *buf = size ? xmalloc(size) : NULL;
+    ssize_t r = guest_listxattr(t, n.sub, n.gpath, buf, size);
+    tree_put(t);
+    ni_free(&n);
+    reply_xattr(req, size, r, buf);
+    free(buf);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+    struct nodeinfo n;
+    int err;
+    struct timg *t = fs_node(ino, &n, &err);
+    if (!t) {
+        fuse_reply_err(req, err ? err : ENODATA);
+        return;
+    }
+    char *buf = size ? xmalloc(size) : NULL;
+    ssize_t r = guest_getxattr(t, n.sub, n.gpath, name, buf, size);
+    tree_put(t);
+    ni_free(&n);
+    reply_xattr(req, size, r, buf);
+    free(buf);
+}
+
 /* ---- directories ---- */
 
 struct dentry {
     char *name;
     mode_t type;
+    struct stat st;          /* N_FS listings: the entry's attributes */
+    bool has_st;
 };
 
 struct dirlist {
@@ -669,6 +875,7 @@ static void dl_add(struct dirlist *d, const char *name, mode_t type)
     }
     d->e[d->n].name = xstrdup(name);
     d->e[d->n].type = type;
+    d->e[d->n].has_st = false;
     d->n++;
 }
 
@@ -733,10 +940,36 @@ static int list_node(const struct nodeinfo *n, struct dirlist *d)
     struct timg *t = tree_get(n->path, n->kind == N_SNAPS ? -1 : n->snap);
     if (!t)
         return -ENOENT;
-    if (n->kind == N_DDIR) {
+    int r = 0;
+    if (n->kind == N_FS) {
+        struct guest_dirent *ents = NULL;
+        size_t cnt = 0;
+        r = guest_readdir(t, n->sub, n->gpath, &ents, &cnt);
+        if (r == -ENODEV && !strcmp(n->gpath, "/"))
+            r = 0;                       /* unmountable: an empty directory */
+        for (size_t i = 0; r == 0 && i < cnt; i++) {
+            if (!strcmp(ents[i].name, ".") || !strcmp(ents[i].name, "..") ||
+                strchr(ents[i].name, '/') || !ents[i].name[0])
+                continue;                /* never trust the guest's names */
+            dl_add(d, ents[i].name, ents[i].st.st_mode & S_IFMT);
+            d->e[d->n - 1].st = ents[i].st;
+            d->e[d->n - 1].has_st = true;
+        }
+        guest_dirents_free(ents, cnt);
+    } else if (n->kind == N_FSROOT) {
+        list_fs_root(tree_layout(t), d);
+        for (size_t i = 0; i < d->n; i++)
+            d->e[i].type = S_IFDIR;
+    } else if (n->kind == N_FSVDIR) {
+        list_vols(tree_layout(t), n->sub, d);
+        for (size_t i = 0; i < d->n; i++)
+            d->e[i].type = S_IFDIR;
+    } else if (n->kind == N_DDIR) {
         dl_add(d, "info", S_IFREG);
         dl_add(d, "info.json", S_IFREG);
         list_vols(tree_layout(t), "", d);
+        if (!t->img->top_failed)
+            dl_add(d, "fs", S_IFDIR);
         if (n->snap < 0 && vimage_snapshot_count(t->img) > 0)
             dl_add(d, "snapshots", S_IFDIR);
     } else if (n->kind == N_VOLDIR) {
@@ -753,7 +986,7 @@ static int list_node(const struct nodeinfo *n, struct dirlist *d)
         }
     }
     tree_put(t);
-    return 0;
+    return r;
 }
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -763,7 +996,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         fuse_reply_err(req, ENOENT);
         return;
     }
-    if (!is_dir_kind(n.kind)) {
+    if (!is_dir_kind(n.kind) && n.kind != N_FS) {
         ni_free(&n);
         fuse_reply_err(req, ENOTDIR);
         return;
@@ -828,6 +1061,17 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
             memset(&e, 0, sizeof e);
             e.attr.st_ino = dir_ino(ino, name);
             e.attr.st_mode = d->e[i].type;
+        } else if (d->e[i].has_st && p.kind == N_FS) {
+            /* The listing brought the attributes: no round trip each. */
+            struct nodeinfo c = {.kind = N_FS, .path = p.path, .snap = p.snap, .sub = p.sub};
+            c.gpath = join_gpath(p.gpath, name);
+            memset(&e, 0, sizeof e);
+            e.attr = d->e[i].st;
+            e.ino = intern(ino, name, &c);
+            e.attr.st_ino = e.ino;
+            e.attr_timeout = cfg.attr_timeout;
+            e.entry_timeout = cfg.attr_timeout;
+            free(c.gpath);
         } else if (do_lookup(ino, &p, name, &e) < 0) {
             continue;             /* gone since opendir */
         }
@@ -915,6 +1159,9 @@ const struct fuse_lowlevel_ops vmfs_ops = {
     .read = op_read,
     .release = op_release,
     .lseek = op_lseek,
+    .readlink = op_readlink,
+    .listxattr = op_listxattr,
+    .getxattr = op_getxattr,
     .opendir = op_opendir,
     .readdir = op_readdir,
     .readdirplus = op_readdirplus,
@@ -960,6 +1207,7 @@ void vmfs_ops_shutdown(void)
             free(n->name);
             free(n->path);
             free(n->sub);
+            free(n->gpath);
             free(n);
             n = next;
         }

@@ -1,5 +1,5 @@
 /* vmfs-info — the report of NAME.d/info (or info.json) for one image,
- * without mounting anything. */
+ * without mounting anything: the same code renders both. */
 #include "config.h"
 
 #include <errno.h>
@@ -9,19 +9,42 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "vmfs/image.h"
-#include "vmfs/report.h"
+#include "vmfs/guest.h"
 #include "vmfs/tree.h"
-
-static int disk_read(void *ctx, void *buf, size_t len, uint64_t off)
-{
-    return vimage_read(ctx, buf, len, off);
-}
 
 static void usage(FILE *f)
 {
     fputs("usage: vmfs-info [--json] [--snapshot=NAME|ID] [--allow-external-backing] IMAGE\n"
           "Prints what vmfs shows in NAME.d/info (or info.json with --json).\n", f);
+}
+
+/* The absolute path of IMAGE as given (not resolved through symlinks, so
+ * that relative backing names resolve the way qemu resolves them). */
+static char *absolute(const char *path)
+{
+    if (path[0] == '/')
+        return xstrdup(path);
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd))
+        return xstrdup(path);
+    return xasprintf("%s/%s", cwd, path);
+}
+
+/* Snapshot index by file name, name or ID; -1 when there is none. */
+static long find_snapshot(const char *path, const char *want)
+{
+    struct timg *t = tree_get(path, -1);
+    if (!t)
+        return -1;
+    long idx = tree_snapshot_find(t->img, want);
+    size_t n = vimage_snapshot_count(t->img);
+    for (size_t i = 0; idx < 0 && i < n; i++) {
+        const struct vsnap *s = vimage_snapshot(t->img, i);
+        if (!strcmp(s->name, want) || !strcmp(s->id, want))
+            idx = (long)i;
+    }
+    tree_put(t);
+    return idx;
 }
 
 int main(int argc, char **argv)
@@ -55,72 +78,42 @@ int main(int argc, char **argv)
         fputs("vmfs-info: usage: vmfs-info [--json] IMAGE (see --help)\n", stderr);
         return 2;
     }
-    const char *path = argv[optind];
+    const char *arg = argv[optind];
     struct stat st;
-    if (stat(path, &st) < 0) {
-        fprintf(stderr, "vmfs-info: %s: %s\n", path, strerror(errno));
+    if (!tree_is_uri(arg) && stat(arg, &st) < 0) {
+        fprintf(stderr, "vmfs-info: %s: %s\n", arg, strerror(errno));
         return 1;
     }
-    if (S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "vmfs-info: %s is a directory, not an image\n", path);
+    if (!tree_is_uri(arg) && S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "vmfs-info: %s is a directory, not an image\n", arg);
         return 1;
     }
-    char *abs = realpath(path, NULL);
-    char *dir = xstrdup(abs ? abs : path);
-    char *slash = strrchr(dir, '/');
-    if (slash && slash != dir)
-        *slash = 0;
-    struct vopen_opts o = {.root = external ? NULL : dir, .allow_external = external};
-    /* The path as given keeps relative backing names resolving as qemu
-     * resolves them; a named file is an image even without magic (raw). */
-    char *full = path[0] == '/' ? xstrdup(path) : NULL;
-    if (!full) {
-        char cwd[PATH_MAX];
-        full = getcwd(cwd, sizeof cwd) ? xasprintf("%s/%s", cwd, path) : xstrdup(path);
-    }
-    struct vimage *img = vimage_open(full, &o, -1, false);
+    char *path = tree_is_uri(arg) ? xstrdup(arg) : absolute(arg);
+    struct tree_opts o = {
+        .source = path,
+        .single_file = true,
+        .uri = tree_is_uri(arg),
+        .open = {.allow_external = external},
+        .report_extra = guest_report,
+    };
+    tree_init(&o);
     int ret = 0;
-    if (img && snap) {
-        long idx = -1;
-        size_t n = vimage_snapshot_count(img);
-        for (size_t i = 0; i < n; i++) {
-            const struct vsnap *s = vimage_snapshot(img, i);
-            if (!strcmp(s->name, snap) || !strcmp(s->id, snap)) {
-                idx = (long)i;
-                break;
-            }
-        }
-        vimage_unref(img);
-        img = NULL;
-        if (idx < 0) {
-            fprintf(stderr, "vmfs-info: %s: no snapshot named %s\n", path, snap);
-            ret = 1;
-        } else {
-            img = vimage_open(full, &o, idx, false);
-        }
-    }
-    if (img) {
-        struct rep *r = rep_new_object();
-        struct vlayout *lay = NULL;
-        if (!img->top_failed) {
-            struct vdisk d = {.size = img->size, .read = disk_read, .ctx = img};
-            lay = vlayout_scan(&d);
-            for (size_t i = 0; lay && i < lay->nproblems; i++)
-                vimage_problem(img, "%s", lay->problems[i]);
-        }
-        tree_build_report(img, lay, r);
-        vlayout_free(lay);
-        char *s = json ? rep_to_json(r) : rep_to_text(r);
-        fputs(s, stdout);
-        free(s);
-        rep_free(r);
-        vimage_unref(img);
-    } else if (!ret) {
-        fprintf(stderr, "vmfs-info: %s is not a disk image\n", path);
+    long idx = -1;
+    if (snap && (idx = find_snapshot(path, snap)) < 0) {
+        fprintf(stderr, "vmfs-info: %s: no snapshot named %s\n", arg, snap);
         ret = 1;
     }
-    free(full);
-    free(abs);
-    free(dir);
+    struct timg *t = ret ? NULL : tree_get(path, idx);
+    if (t) {
+        size_t len;
+        const char *report = tree_report(t, json, &len);
+        fwrite(report, 1, len, stdout);
+        tree_put(t);
+    } else if (!ret) {
+        fprintf(stderr, "vmfs-info: %s is not a disk image\n", arg);
+        ret = 1;
+    }
+    tree_shutdown();
+    free(path);
     return ret;
 }

@@ -360,19 +360,17 @@ void tree_put(struct timg *t)
     free_list(dead);
 }
 
-void tree_build_report(struct vimage *img, const struct vlayout *lay, struct rep *r)
-{
-    vimage_report(img, r);
-    if (lay)
-        vlayout_report(lay, r);
-    vimage_report_problems(img, r);
-}
-
 static void render(struct timg *t)
 {
     struct rep *r = rep_new_object();
     /* Scan first: the scan's problems join the image's list. */
-    tree_build_report(t->img, tree_layout(t), r);
+    const struct vlayout *lay = tree_layout(t);   /* its problems first */
+    vimage_report(t->img, r);
+    if (lay)
+        vlayout_report(lay, r);
+    if (opts.report_extra)
+        opts.report_extra(t, r);
+    vimage_report_problems(t->img, r);
     char *text = rep_to_text(r);
     char *json = rep_to_json(r);
     rep_free(r);
