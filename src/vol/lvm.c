@@ -337,7 +337,7 @@ static void parse_pvs(struct vl *vl, struct lvm_state *st, struct lvm_vg *vg,
         pv->name = xstrdup(p->key);
         pv->uuid = xstrdup(id ? id : "");
         pv->dev = SIZE_MAX;
-        lt_u64(doc, p, "pe_start", &pv->pe_start);
+        bool has_pe_start = lt_u64(doc, p, "pe_start", &pv->pe_start);
         lt_u64(doc, p, "pe_count", &pv->pe_count);
         if (pv->pe_start > LVM_MAX_PE_START) {
             vl_problem(vl, "LVM: VG %s: PV %s has an impossible pe_start (%" PRIu64
@@ -351,6 +351,9 @@ static void parse_pvs(struct vl *vl, struct lvm_state *st, struct lvm_vg *vg,
                 pv->dev = i;
                 break;
             }
+        /* Old metadata may lack pe_start: the label's data area says it. */
+        if (!has_pe_start && pv->dev != SIZE_MAX && st->devs[pv->dev].has_da)
+            pv->pe_start = st->devs[pv->dev].da_off / 512;
     }
 }
 

@@ -1050,7 +1050,7 @@ START_TEST(lvm_two_vgs)
     static const char b[] =
         "beta { id = \"bebebe-bebe-bebe-bebe-bebe-bebe-bebebe\" seqno = 9 extent_size = 256\n"
         "physical_volumes { pv0 { id = \"BBBBBB-BBBB-BBBB-BBBB-BBBB-BBBB-BBBBB1\"\n"
-        "pe_start = 2048 pe_count = 40 } }\n"
+        "pe_count = 40 } }\n" /* no pe_start: the label's data area gives it */
         "logical_volumes { two { status = [\"VISIBLE\"] segment1 {\n"
         "start_extent = 0 extent_count = 1 type = \"striped\" stripe_count = 1\n"
         "stripes = [\"pv0\", 1] } } } }\n";
