@@ -50,7 +50,9 @@ ref_raw "$SRC/small.qcow2" "$REF/small" || hard_error "qemu-img convert"
 peak_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 # With sanitizers the shadow memory swamps the figure: no memory checks then.
 sanitized=
-grep -qa 'AddressSanitizer' "$VMFS" && sanitized=1
+if grep -qa '__asan_init' "$VMFS" || ldd "$VMFS" 2>/dev/null | grep -q libasan; then
+    sanitized=1
+fi
 
 # readers ROUND READS: 8 random readers of big, while small is read whole.
 readers() {
