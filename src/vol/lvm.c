@@ -818,6 +818,8 @@ static void find_devices(struct vl *vl, struct lvm_state *st)
 static void build_vg(struct vl *vl, struct lvm_state *st, const struct lvm_copy *c,
                      const size_t *idx, size_t n)
 {
+    if (!n)
+        return;
     struct lvm_vg *vg = &st->vgs[st->nvgs++];
     const struct lvm_copy *best = NULL, *newest = NULL, *older = NULL;
     for (size_t k = 0; k < n; k++) {
