@@ -34,6 +34,8 @@ struct rep *rep_set_array(struct rep *obj, const char *key);
 
 /* Returns the member named key, or NULL. */
 struct rep *rep_get(const struct rep *obj, const char *key);
+/* The string a value holds, or NULL when it is not a string. */
+const char *rep_str(const struct rep *r);
 
 /* Array elements. */
 struct rep *rep_add_object(struct rep *arr);

@@ -22,6 +22,7 @@
 #include "fuse/fuse.h"
 #include "vmfs/guest.h"
 #include "vmfs/image.h"
+#include "vmfs/report.h"
 
 enum nkind {
     N_DIR, N_DISK, N_DDIR, N_INFO, N_JSON, N_SNAPS, N_VOL, N_VOLDIR,
@@ -265,12 +266,23 @@ static void list_vols(const struct vlayout *lay, const char *prefix, struct dirl
 }
 
 /* The filesystems fs/ shows: every partition and LV by its block view
- * name, and "disk" when the disk has neither (a filesystem on the whole
- * disk).  Listed from the layout, without starting an appliance. */
+ * name, and "disk" when the disk has neither but something was found on it
+ * (a filesystem on the whole disk).  Listed from the layout, without
+ * starting an appliance; fs/ itself is there when it has an entry. */
+static bool whole_disk_fs(const struct vlayout *lay)
+{
+    return lay && lay->nvols == 0 && rep_str(rep_get(lay->facts, "disk_content"));
+}
+
+static bool has_fs_dir(const struct vlayout *lay)
+{
+    return lay && (lay->nvols > 0 || whole_disk_fs(lay));
+}
+
 static bool has_fs_view(const struct vlayout *lay, const char *name)
 {
     if (!strcmp(name, "disk"))
-        return !lay || lay->nvols == 0;
+        return whole_disk_fs(lay);
     for (size_t i = 0; lay && i < lay->nvols; i++)
         if (!strcmp(lay->vols[i].path, name))
             return true;
@@ -279,7 +291,7 @@ static bool has_fs_view(const struct vlayout *lay, const char *name)
 
 static void list_fs_root(const struct vlayout *lay, struct dirlist *d)
 {
-    if (!lay || lay->nvols == 0)
+    if (whole_disk_fs(lay))
         dl_add(d, "disk", S_IFDIR);
     list_vols(lay, "", d);
 }
@@ -460,7 +472,7 @@ static int child_of(const struct nodeinfo *p, const char *name, struct nodeinfo 
         c->kind = N_JSON;
     } else if (p->kind == N_DDIR && !strcmp(name, "fs")) {
         c->kind = N_FSROOT;
-        if (t->img->top_failed)
+        if (t->img->top_failed || !has_fs_dir(tree_layout(t)))
             r = -ENOENT;
     } else if (p->kind == N_FSROOT && has_fs_view(tree_layout(t), name) &&
                !strchr(name, '/')) {
@@ -968,7 +980,7 @@ static int list_node(const struct nodeinfo *n, struct dirlist *d)
         dl_add(d, "info", S_IFREG);
         dl_add(d, "info.json", S_IFREG);
         list_vols(tree_layout(t), "", d);
-        if (!t->img->top_failed)
+        if (!t->img->top_failed && has_fs_dir(tree_layout(t)))
             dl_add(d, "fs", S_IFDIR);
         if (n->snap < 0 && vimage_snapshot_count(t->img) > 0)
             dl_add(d, "snapshots", S_IFDIR);

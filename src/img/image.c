@@ -147,16 +147,18 @@ static bool path_under(const char *path, const char *root)
     return !strncmp(path, root, n) && (path[n] == '/' || path[n] == 0);
 }
 
-/* A file is inside SOURCE when its name says so or its real location does. */
+/* A file is inside SOURCE when its real location is: a symbolic link in
+ * SOURCE that leads out does not take a backing reference with it.  A file
+ * that does not exist is judged by its name. */
 static bool inside_root(const char *path, const char *root)
 {
     if (!root)
         return true;
-    CLEANUP_FREE char *lex = lexical_normalize(path);
-    if (path_under(lex, root))
-        return true;
     CLEANUP_FREE char *real = realpath(path, NULL);
-    return real && path_under(real, root);
+    if (real)
+        return path_under(real, root);
+    CLEANUP_FREE char *lex = lexical_normalize(path);
+    return path_under(lex, root);
 }
 
 int vlayer_open_related(struct vlayer *l, const char *name, const char *what,

@@ -81,6 +81,11 @@ void tree_init(const struct tree_opts *o)
             *slash = 0;
         else
             strcpy(dir, "/");
+        char *real = realpath(dir, NULL);
+        if (real) {
+            free(dir);
+            dir = real;
+        }
         opts.open.root = dir;
     }
     if (!opts.max_open)

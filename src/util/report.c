@@ -113,6 +113,8 @@ struct rep *rep_get(const struct rep *obj, const char *key)
     return NULL;
 }
 
+const char *rep_str(const struct rep *r) { return r && r->type == R_STR ? r->str : NULL; }
+
 struct rep *rep_add_object(struct rep *arr) { return attach(arr, NULL, node(R_OBJ)); }
 
 void rep_add_str(struct rep *arr, const char *val)
