@@ -97,6 +97,7 @@ vmfs is serving $IMAGES at $MNT (read-only).  Things to try:
   jq '.partitions[] | {number, start, size, type_name, name}' $MNT/gpt.qcow2.d/info.json
   sfdisk -d $MNT/gpt.qcow2
   debugfs -R 'cat /hello.txt' $MNT/gpt.qcow2.d/p1
+  cat $MNT/gpt.qcow2.d/fs/p1/hello.txt      # starts a libguestfs appliance: up to a minute
   ls $MNT/mbr.qcow2.d
   jq '.backing_chain' $MNT/chain/overlay.qcow2.d/info.json
   ls $MNT/snap.qcow2.d/snapshots/
