@@ -1130,7 +1130,10 @@ static int find_parent(struct vlayer *l, struct vhdx *v, const struct md_found *
     for (char *p = rel; p && *p; p++)
         if (*p == '\\')
             *p = '/';
-    const char *names[3] = {rel, v->pl[PL_ABS], v->pl[PL_VOL]};
+    const char *relp = rel;
+    while (relp && relp[0] == '.' && relp[1] == '/')   /* ".\\x.vhdx" names "x.vhdx" */
+        relp += 2;
+    const char *names[3] = {relp, v->pl[PL_ABS], v->pl[PL_VOL]};
     vlayer_set_backing_candidates(l, names, 3);
     free(rel);
     if (!l->backing_name) {

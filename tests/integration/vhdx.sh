@@ -43,7 +43,7 @@ scribble() {
 
 QEMU=()
 n=0
-newv() {    # newv NAME SIZE CREATE-OPTIONS
+newv() {    # newv NAME BYTES CREATE-OPTIONS
     local name=$1 size=$2 opts=$3
     qemu-img create -q -f vhdx -o "$opts" "$SRC/$name" "$size" ||
         hard_error "qemu-img create $name -o $opts"
@@ -52,18 +52,18 @@ newv() {    # newv NAME SIZE CREATE-OPTIONS
     QEMU+=("$name")
 }
 
-newv dynamic.vhdx 20M subformat=dynamic
-newv dyn-b1m.vhdx 20M subformat=dynamic,block_size=1M
-newv dyn-b8m.vhdx 40M subformat=dynamic,block_size=8M
-newv dyn-b32m.vhdx 72M subformat=dynamic,block_size=32M
-newv dyn-odd.vhdx 20972032 subformat=dynamic,block_size=8M
-newv fixed.vhdx 20M subformat=fixed
-newv fixed-b1m.vhdx 20M subformat=fixed,block_size=1M
-newv zero-off.vhdx 20M subformat=dynamic,block_state_zero=off
-newv zero-on.vhdx 20M subformat=dynamic,block_state_zero=on
-newv fixed-zero-off.vhdx 16M subformat=fixed,block_state_zero=off,block_size=1M
-newv log4m.vhdx 20M log_size=4M
-newv empty.vhdx 10M subformat=dynamic
+newv dynamic.vhdx $((20 * MB)) subformat=dynamic
+newv dyn-b1m.vhdx $((20 * MB)) subformat=dynamic,block_size=1M
+newv dyn-b8m.vhdx $((40 * MB)) subformat=dynamic,block_size=8M
+newv dyn-b32m.vhdx $((72 * MB)) subformat=dynamic,block_size=32M
+newv dyn-odd.vhdx $((20 * MB + 512)) subformat=dynamic,block_size=8M
+newv fixed.vhdx $((20 * MB)) subformat=fixed
+newv fixed-b1m.vhdx $((20 * MB)) subformat=fixed,block_size=1M
+newv zero-off.vhdx $((20 * MB)) subformat=dynamic,block_state_zero=off
+newv zero-on.vhdx $((20 * MB)) subformat=dynamic,block_state_zero=on
+newv fixed-zero-off.vhdx $((16 * MB)) subformat=fixed,block_state_zero=off,block_size=1M
+newv log4m.vhdx $((20 * MB)) log_size=4M
+newv empty.vhdx $((10 * MB)) subformat=dynamic
 probe mkraw "$WORK/mixed.raw" 24M 0:1M:text 3M:2M:rand 9000000:5M:0x5a 23M:1M:text ||
     hard_error "mkraw failed"
 qemu-img convert -f raw -O vhdx -o subformat=dynamic "$WORK/mixed.raw" "$SRC/converted.vhdx" ||
@@ -163,21 +163,24 @@ gi base.vhdx '.vhdx.log == "clean" and .vhdx.header_used == 2'
 # parent and vmfs (like the specification) as zeros.
 if command -v vhdimount >/dev/null 2>&1; then
     vhdi() {   # vhdi IMAGE RANGE...: vhdimount's top layer equals vmfs there
-        local img=$1 m=$WORK/vhdi-${1%.*} top rc
+        local img=$1 m=$WORK/vhdi-${1%.*} top rc pid
         shift
         mkdir -p "$m"
-        (cd "$GEN/img" && timeout 60 vhdimount "$img" "$m" >"$m.log" 2>&1) &
+        (cd "$GEN/img" && exec timeout 60 vhdimount "$img" "$m" >"$m.log" 2>&1) &
+        pid=$!
         for _ in $(seq 50); do [ -e "$m/vhdi1" ] && break; sleep 0.1; done
         top=$(ls "$m" | sort -V | tail -1)
         if [ -z "$top" ]; then
             echo "vhdimount $img did not mount:"
             sed 's/^/  | /' "$m.log"
+            kill "$pid" 2>/dev/null
+            wait "$pid"
             return 1
         fi
         probe ranges "$G/$img" "$m/$top" "$@"
         rc=$?
         timeout 30 fusermount3 -u "$m"
-        wait
+        wait "$pid"
         return $rc
     }
     for img in dyn4k.vhdx base.vhdx base4k.vhdx hdr2bad.vhdx; do
