@@ -240,11 +240,17 @@ static char *file_url_to_path(const char *url)
     return out;
 }
 
-static void backslashes_to_slashes(char *s)
+/* A relative Windows path as a POSIX one: "\\" becomes "/", a leading
+ * ".\\" goes. */
+static void windows_relative(char *s)
 {
-    for (; *s; s++)
-        if (*s == '\\')
-            *s = '/';
+    for (char *p = s; *p; p++)
+        if (*p == '\\')
+            *p = '/';
+    size_t skip = 0;
+    while (s[skip] == '.' && s[skip + 1] == '/')
+        skip += 2;
+    memmove(s, s + skip, strlen(s + skip) + 1);
 }
 
 static void uuid_text(const uint8_t u[16], char out[37])
@@ -477,7 +483,7 @@ static void set_parent(struct vhd *v)
             continue;
         names[n] = xstrdup(p);
         if (order[i] == VHD_PLAT_W2RU || order[i] == VHD_PLAT_WI2R)
-            backslashes_to_slashes(names[n]);
+            windows_relative(names[n]);
         n++;
     }
     if (v->parent_name)
