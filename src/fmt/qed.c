@@ -442,7 +442,7 @@ static void qed_report(struct vlayer *l, struct rep *o)
     rep_set_u64(o, "table_size", h->table_size);
     rep_set_u64(o, "header_size", h->header_size);
     rep_set_u64(o, "l1_offset", h->l1_off);
-    rep_set_u64(o, "l1_entries", q->nelems);
+    rep_set_u64(o, "table_entries", q->nelems);
     struct rep *f = rep_set_array(o, "features");
     if (h->features & QED_F_BACKING_FILE)
         rep_add_str(f, "backing file");
