@@ -1505,6 +1505,24 @@ static int vhdx_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *r
     return 0;
 }
 
+/* The allocation view: as vhdx_map, except that payload lying in a hole of
+ * the host file (a fixed image qemu made sparse) counts as a hole.  Reads
+ * still use vhdx_map. */
+static int vhdx_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
+{
+    int r = vhdx_map(l, off, len, run);
+    if (r < 0 || run->kind != VRUN_DATA || run->src != l->file)
+        return r;
+    bool data;
+    uint64_t n;
+    if (vsrc_extent(run->src, run->src_off, run->len, &data, &n) < 0)
+        return 0;                   /* cannot tell: data */
+    run->len = n;
+    if (!data)
+        run->kind = VRUN_ZERO;
+    return 0;
+}
+
 /* ------------------------------------------------------------------------
  * Parent linkage and report
  * ---------------------------------------------------------------------- */
@@ -1593,6 +1611,7 @@ const struct vfmt_driver vfmt_vhdx = {
     .probe = vhdx_probe,
     .open = vhdx_open,
     .map = vhdx_map,
+    .map_alloc = vhdx_map_alloc,
     .report = vhdx_report,
     .close = vhdx_close,
 };

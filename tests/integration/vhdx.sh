@@ -120,6 +120,7 @@ done
 check "log4m.vhdx: 4 MiB log" jq_true "$MNT/log4m.vhdx.d/info.json" ".vhdx.log_size == 4194304"
 check "empty.vhdx: no data" jq_true "$MNT/empty.vhdx.d/info.json" ".data_size == 0"
 check "empty.vhdx: all one hole" probe sparse "$MNT/empty.vhdx"
+check "fixed.vhdx: the host file's holes are holes (st_blocks)" probe sparse "$MNT/fixed.vhdx"
 check "dyn-b32m.vhdx: parallel reads equal qemu-img convert" \
     probe parallel "$MNT/dyn-b32m.vhdx" "$REF/dyn-b32m.vhdx" 4 200 7
 

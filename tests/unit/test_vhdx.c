@@ -641,6 +641,31 @@ START_TEST(test_big_blocks)
 }
 END_TEST
 
+/* A present block in a hole of the host file is a hole for SEEK_HOLE and
+ * st_blocks, and reads as zeros. */
+START_TEST(test_host_holes)
+{
+    struct vb b;
+    build_dynamic(&b, 512);
+    vb_block(&b, 4, 6, b.size);         /* just past what is written */
+    char *path = vb_write(&b, "vhdx");
+    ck_assert_int_eq(truncate(path, (off_t)(b.size + MB)), 0);
+    struct vimage *img = open_ok(path);
+    check_bytes(img, b.exp, b.vsize);
+    ck_assert_uint_eq(nproblems(img), 0);
+    bool data;
+    uint64_t len;
+    ck_assert_int_eq(vimage_extent(img, 2 * MB, &data, &len), 0);
+    ck_assert(!data);
+    ck_assert_uint_eq(len, 3 * MB);
+    ck_assert_int_eq(vimage_extent(img, 5 * MB, &data, &len), 0);
+    ck_assert(data);
+    vimage_unref(img);
+    unlink_free(path);
+    vb_free(&b);
+}
+END_TEST
+
 START_TEST(test_header_damage)
 {
     struct vb b;
@@ -1208,6 +1233,7 @@ static Suite *vhdx_suite(void)
     tcase_add_test(t, test_dynamic_512);
     tcase_add_test(t, test_dynamic_4k);
     tcase_add_test(t, test_big_blocks);
+    tcase_add_test(t, test_host_holes);
     tcase_add_test(t, test_header_damage);
     tcase_add_test(t, test_region_damage);
     tcase_add_test(t, test_bad_magic);
