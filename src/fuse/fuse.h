@@ -24,4 +24,8 @@ extern const struct fuse_lowlevel_ops vmfs_ops;
 void vmfs_ops_init(const struct vmfs_config *cfg);
 void vmfs_ops_shutdown(void);
 
+/* Serves the session until it ends, with up to max_threads workers (0:
+ * the default) — see loop.c.  Returns 0, or -1 when no thread started. */
+int vmfs_loop(struct fuse_session *se, unsigned max_threads);
+
 #endif

@@ -211,6 +211,8 @@ int main(int argc, char **argv)
      * on the heap instead of mapping and unmapping each one. */
     mallopt(M_MMAP_THRESHOLD, 8 << 20);
     mallopt(M_TRIM_THRESHOLD, 32 << 20);
+    /* A few arenas: per-thread arenas would each keep freed buffers. */
+    mallopt(M_ARENA_MAX, 2);
     vcache_set_budget(cache);
     struct tree_opts to = {
         .source = real,
@@ -262,13 +264,8 @@ int main(int argc, char **argv)
     if (fo.singlethread) {
         ret = fuse_session_loop(se);
     } else {
-        struct fuse_loop_config *lc = fuse_loop_cfg_create();
-        fuse_loop_cfg_set_clone_fd(lc, fo.clone_fd);
-        fuse_loop_cfg_set_idle_threads(lc, fo.max_idle_threads);
-        if (fo.max_threads > 0 && fo.max_threads <= 100000)
-            fuse_loop_cfg_set_max_threads(lc, fo.max_threads);
-        ret = fuse_session_loop_mt(se, lc);
-        fuse_loop_cfg_destroy(lc);
+        unsigned threads = fo.max_threads > 0 && fo.max_threads <= 1000 ? fo.max_threads : 0;
+        ret = vmfs_loop(se, threads);
     }
     fuse_session_unmount(se);
     guest_shutdown();
