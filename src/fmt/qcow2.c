@@ -896,10 +896,17 @@ static int decode_cluster(struct qcow2 *q, struct l2cur *c, uint64_t cstart,
     if (coff >= q->l->file->size)
         return -EIO;
     struct comp_fill a = {q, coff, clen, NULL};
-    const void *data;
-    struct vcache_entry *ent;
-    int r = vcache_get(q->l->cache_owner, Q_DECOMP_KEY | coff, (size_t)q->cs,
+    const void *data = NULL;
+    struct vcache_entry *ent = NULL;
+    int r;
+    if (in == 0 && n == q->cs) {
+        /* A whole cluster (sequential reads): straight into the caller's
+         * buffer; only partly read clusters are worth keeping. */
+        r = fill_compressed(&a, out, n);
+    } else {
+        r = vcache_get(q->l->cache_owner, Q_DECOMP_KEY | coff, (size_t)q->cs,
                        fill_compressed, &a, &data, &ent);
+    }
     if (r < 0) {
         if (r != -ENOMEM && first_report(q, P_COMPRESSED, coff))
             vlayer_problem(q->l, "guest offset 0x%" PRIx64 ": compressed cluster at host "
@@ -907,8 +914,10 @@ static int decode_cluster(struct qcow2 *q, struct l2cur *c, uint64_t cstart,
                            clen, a.why ? a.why : strerror(-r));
         return r == -ENOMEM ? r : -EIO;
     }
-    memcpy(out, (const uint8_t *)data + in, n);
-    vcache_release(ent);
+    if (ent) {
+        memcpy(out, (const uint8_t *)data + in, n);
+        vcache_release(ent);
+    }
     return 0;
 }
 
