@@ -4,6 +4,7 @@
  * builder also computes the disk its image should read as. */
 #include "config.h"
 
+#include <pthread.h>
 #include <sys/stat.h>
 
 #include "unit.h"
@@ -606,7 +607,8 @@ START_TEST(vhd_diff_parent_candidates)
 {
     /* Each way of naming the parent on its own: a relative path in a
      * subdirectory, an absolute Windows path (its file name beside the
-     * child), a Mac file URL, the parent name of the header. */
+     * child), a Mac file URL, the parent name of the header, a deprecated
+     * relative path in bytes. */
     struct vhdb *par = vhd_parent();
     char sub[512];
     snprintf(sub, sizeof(sub), "%s/sub", tmpdir);
@@ -615,7 +617,7 @@ START_TEST(vhd_diff_parent_candidates)
     char *pp2 = vhd_file(par, "base.vhd");
     char macurl[600];
     snprintf(macurl, sizeof(macurl), "file://localhost%s/sub/base%%2Evhd", tmpdir);
-    for (int way = 0; way < 4; way++) {
+    for (int way = 0; way < 5; way++) {
         struct vhdb *b = vhd_child(par, 32 << 10);
         if (way == 0)
             vhd_w2ru(b, 3, "W2ru", ".\\sub\\..\\sub\\base.vhd");
@@ -623,8 +625,10 @@ START_TEST(vhd_diff_parent_candidates)
             vhd_w2ru(b, 0, "W2ku", "D:\\Hyper-V\\disks\\base.vhd");
         else if (way == 2)
             vhd_locator(b, 5, "MacX", macurl, strlen(macurl));
-        else
+        else if (way == 3)
             vhd_parent_name(b, "base.vhd");
+        else
+            vhd_locator(b, 7, "Wi2r", "sub\\base.vhd", 12);
         vhd_finish(b);
         char *p = vhd_file(b, "kid.vhd");
         struct vimage *img = open_img(p);
@@ -965,6 +969,90 @@ START_TEST(vhd_probe_fixed_by_footer)
 }
 END_TEST
 
+START_TEST(vhd_huge_counts)
+{
+    /* A table claiming 4 Gi entries of 2 GiB blocks: nothing is read or
+     * allocated for it beyond what the disk needs. */
+    struct vhdb *b = vhd_new(VHD_DYNAMIC, 20, 16, 63, 0, "qemu", 64 << 10);
+    vhd_write(b, 0, 5000, 9);
+    put_be(&b->f, 512 + 28, 0xffffffff, 4);
+    vhd_finish(b);
+    char *p = vhd_file(b, "many.vhd");
+    struct vimage *img = open_img(p);
+    ck_assert_uint_eq(nproblems(img), 0);
+    check_bytes(img, b->exp, b->size);
+    vimage_unref(img);
+    put_be(&b->f, 512 + 32, 1u << 31, 4);           /* 2 GiB blocks */
+    put_be(&b->f, 512 + 36, 0, 4);
+    put_be(&b->f, 512 + 36, checksum(b->f.d + 512, 1024, 36), 4);
+    char *p2 = vhd_file(b, "bigblocks.vhd");
+    img = open_img(p2);
+    ck_assert_ptr_nonnull(img);
+    ck_assert(!img->top_failed);
+    /* Block 0's bitmap is now 512 KiB, past the end of this small file:
+     * its data offset moved, so it reads what lies there or fails. */
+    uint8_t buf[512];
+    int r = vimage_read(img, buf, sizeof(buf), 0);
+    ck_assert(r == 0 || r == -EIO);
+    vimage_unref(img);
+    vhd_free(b);
+    free(p);
+    free(p2);
+}
+END_TEST
+
+struct par_arg {
+    struct vimage *img;
+    const uint8_t *exp;
+    uint64_t size;
+    unsigned seed;
+    int bad;
+};
+
+static void *par_reader(void *arg)
+{
+    struct par_arg *a = arg;
+    uint8_t *buf = malloc(200000);
+    for (int i = 0; i < 400; i++) {
+        a->seed = a->seed * 1103515245u + 12345u;
+        uint64_t off = (a->seed >> 4) % a->size;
+        a->seed = a->seed * 1103515245u + 12345u;
+        size_t n = (size_t)VMFS_MIN((uint64_t)((a->seed >> 8) % 200000 + 1), a->size - off);
+        if (vimage_read(a->img, buf, n, off) != 0 || memcmp(buf, a->exp + off, n))
+            a->bad++;
+    }
+    free(buf);
+    return NULL;
+}
+
+START_TEST(vhd_parallel_readers)
+{
+    struct vhdb *par = vhd_parent();
+    char *pp = vhd_file(par, "parent.vhd");
+    struct vhdb *b = vhd_child(par, 4096);
+    vhd_w2ru(b, 0, "W2ru", "parent.vhd");
+    vhd_finish(b);
+    char *p = vhd_file(b, "child.vhd");
+    struct vimage *img = open_img(p);
+    ck_assert_uint_eq(nproblems(img), 0);
+    pthread_t th[6];
+    struct par_arg args[6];
+    for (int i = 0; i < 6; i++) {
+        args[i] = (struct par_arg){img, b->exp, b->size, (unsigned)i * 7919u + 1, 0};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, par_reader, &args[i]), 0);
+    }
+    for (int i = 0; i < 6; i++) {
+        pthread_join(th[i], NULL);
+        ck_assert_int_eq(args[i].bad, 0);
+    }
+    vimage_unref(img);
+    vhd_free(b);
+    vhd_free(par);
+    free(p);
+    free(pp);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------
  * VDI builder
  * ---------------------------------------------------------------------- */
@@ -1217,6 +1305,23 @@ START_TEST(vdi_map_damage)
     free(p2);
     free(p3);
     free(p4);
+}
+END_TEST
+
+START_TEST(vdi_huge_counts)
+{
+    /* 4 Gi blocks in the header: only the entries the disk needs count. */
+    struct vdib *b = vdi_new(1, 1 << 20, 64 << 10, 0);
+    vdi_write(b, 0, 70000, 1);
+    put_le(&b->f, 0x180, 0xffffffff, 4);
+    put_le(&b->f, 0x184, 0xffffffff, 4);
+    char *p = vdi_file(b, "many.vdi");
+    struct vimage *img = open_img(p);
+    ck_assert_uint_eq(nproblems(img), 0);
+    check_bytes(img, b->exp, b->size);
+    vimage_unref(img);
+    vdi_free(b);
+    free(p);
 }
 END_TEST
 
@@ -1550,6 +1655,31 @@ START_TEST(qed_table_damage)
 }
 END_TEST
 
+START_TEST(qed_huge_tables)
+{
+    /* 64 MiB clusters, 16-cluster tables: a 1 GiB L1 table the small file
+     * cannot hold.  Nothing that size is read or allocated. */
+    struct buf f = {0};
+    grow(&f, 8192);
+    put_le(&f, 0, 0x00444551, 4);
+    put_le(&f, 4, 64u << 20, 4);
+    put_le(&f, 8, 16, 4);
+    put_le(&f, 12, 1, 4);
+    put_le(&f, 40, 64u << 20, 8);
+    put_le(&f, 48, 1ull << 40, 8);
+    char *p = write_file("huge.qed", f.d, f.len);
+    struct vimage *img = open_img(p);
+    ck_assert(!img->top_failed);
+    ck_assert_uint_eq(img->size, 1ull << 40);
+    ck_assert(has_problem(img, "past the end of the file"));
+    ck_assert(read_fails(img, 0, 512));
+    ck_assert(read_fails(img, (1ull << 40) - 512, 512));
+    vimage_unref(img);
+    free(f.d);
+    free(p);
+}
+END_TEST
+
 START_TEST(qed_truncated)
 {
     struct qedb *b = qed_new(1 << 20, 4096, 4);
@@ -1603,11 +1733,14 @@ int main(void)
     add(s, "vhd_bat_damage", vhd_bat_damage);
     add(s, "vhd_truncated_dynamic", vhd_truncated_dynamic);
     add(s, "vhd_probe_fixed_by_footer", vhd_probe_fixed_by_footer);
+    add(s, "vhd_huge_counts", vhd_huge_counts);
+    add(s, "vhd_parallel_readers", vhd_parallel_readers);
     add(s, "vdi_dynamic", vdi_dynamic);
     add(s, "vdi_static_one_run", vdi_static_one_run);
     add(s, "vdi_block_extra_and_odd_size", vdi_block_extra_and_odd_size);
     add(s, "vdi_bad_headers", vdi_bad_headers);
     add(s, "vdi_map_damage", vdi_map_damage);
+    add(s, "vdi_huge_counts", vdi_huge_counts);
     add(s, "vdi_differencing", vdi_differencing);
     add(s, "qed_basic", qed_basic);
     add(s, "qed_backing_raw_and_probed", qed_backing_raw_and_probed);
@@ -1616,6 +1749,7 @@ int main(void)
     add(s, "qed_backing_loop", qed_backing_loop);
     add(s, "qed_bad_headers", qed_bad_headers);
     add(s, "qed_table_damage", qed_table_damage);
+    add(s, "qed_huge_tables", qed_huge_tables);
     add(s, "qed_truncated", qed_truncated);
     return unit_run(s);
 }
