@@ -34,6 +34,8 @@
 #define DEFAULT_MAX_REQUEST (32u << 20)
 #define STATUS_MAX (1ull << 30)   /* bytes asked about in one block status */
 #define EXT_CACHE 256             /* runs remembered from the last reply */
+#define PIPELINE 4                /* a read is split in up to this many commands */
+#define PIECE_MIN (128u << 10)     /* ... of at least this size */
 
 struct nconn {
     pthread_mutex_t lock;
@@ -148,6 +150,7 @@ static struct nbd_handle *dial(struct nsrc *ns, unsigned ms, int *err, char *why
         return NULL;
     }
     nbd_set_handle_name(h, "vmfs");
+    nbd_set_pread_initialize(h, false);   /* every success fills the buffer */
     nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION);
     uint64_t deadline = now_ns() + (uint64_t)ms * 1000000ull;
     if (nbd_aio_connect_uri(h, ns->uri) < 0)
@@ -356,6 +359,51 @@ static int read_one(struct nbd_handle *h, void *p, size_t len, uint64_t off, boo
     return r < 0 && !*broken ? -EIO : r;
 }
 
+/* Reads [off, off + len) as several commands in flight at once (the
+ * server works on them in parallel), all finished before returning: the
+ * buffer is written until the last reply.  Only when the connection broke
+ * (then closed by the caller) may commands be left behind. */
+static int read_pipelined(struct nsrc *ns, struct nbd_handle *h, char *p, size_t len,
+                          uint64_t off, bool *broken)
+{
+    size_t piece = VMFS_MAX((size_t)PIECE_MIN, (len + PIPELINE - 1) / PIPELINE);
+    piece = (piece + 4095) / 4096 * 4096;
+    piece = (size_t)VMFS_MIN((uint64_t)piece, ns->max_request);
+    int64_t cookies[PIPELINE * 2];
+    unsigned head = 0, n = 0;
+    size_t pos = 0;
+    int r = 0;
+    uint64_t deadline = now_ns() + IO_MS * 1000000ull;
+    while ((pos < len && r == 0) || n > 0) {
+        while (pos < len && r == 0 && n < VMFS_ARRAY_SIZE(cookies)) {
+            size_t k = VMFS_MIN(piece, len - pos);
+            int64_t c = nbd_aio_pread(h, p + pos, k, off + pos, NBD_NULL_COMPLETION, 0);
+            if (c < 0) {
+                *broken = !(nbd_aio_is_ready(h) || nbd_aio_is_processing(h));
+                r = *broken ? -nbd_err() : -EIO;
+                break;
+            }
+            cookies[(head + n++) % VMFS_ARRAY_SIZE(cookies)] = c;
+            pos += k;
+        }
+        if (*broken)
+            return r;
+        if (n == 0)
+            break;
+        bool b = false;
+        int w = wait_cmd(h, cookies[head], deadline, &b);
+        head = (head + 1) % VMFS_ARRAY_SIZE(cookies);
+        n--;
+        if (b) {
+            *broken = true;
+            return w;
+        }
+        if (w < 0 && r == 0)
+            r = -EIO;
+    }
+    return r;
+}
+
 /* Reads in pieces the server accepts; a piece the server's minimum block
  * size does not divide goes through a bounce buffer. */
 static int read_cmd(struct nsrc *ns, struct nbd_handle *h, void *arg, bool *broken)
@@ -365,27 +413,23 @@ static int read_cmd(struct nsrc *ns, struct nbd_handle *h, void *arg, bool *brok
     size_t len = a->len;
     uint64_t off = a->off;
     uint64_t mb = ns->min_block, size = a->size;
+    if (mb == 1 || (off % mb == 0 && (len % mb == 0 || off + len == size)))
+        return read_pipelined(ns, h, p, len, off, broken);
     while (len > 0) {
         size_t n = (size_t)VMFS_MIN((uint64_t)len, ns->max_request);
-        if (mb == 1 || (off % mb == 0 && (n % mb == 0 || off + n == size))) {
-            int r = read_one(h, p, n, off, broken);
-            if (r < 0)
-                return r;
-        } else {
-            uint64_t lo = off - off % mb;
-            uint64_t hi = VMFS_MIN(size, (off + n + mb - 1) / mb * mb);
-            if (hi - lo > ns->max_request) {     /* keep the piece in bounds */
-                hi = lo + ns->max_request;
-                n = (size_t)(hi - off);
-            }
-            char *bounce = xmalloc((size_t)(hi - lo));
-            int r = read_one(h, bounce, (size_t)(hi - lo), lo, broken);
-            if (r == 0)
-                memcpy(p, bounce + (off - lo), n);
-            free(bounce);
-            if (r < 0)
-                return r;
+        uint64_t lo = off - off % mb;
+        uint64_t hi = VMFS_MIN(size, (off + n + mb - 1) / mb * mb);
+        if (hi - lo > ns->max_request) {     /* keep the piece in bounds */
+            hi = lo + ns->max_request;
+            n = (size_t)(hi - off);
         }
+        char *bounce = xmalloc((size_t)(hi - lo));
+        int r = read_one(h, bounce, (size_t)(hi - lo), lo, broken);
+        if (r == 0)
+            memcpy(p, bounce + (off - lo), n);
+        free(bounce);
+        if (r < 0)
+            return r;
         p += n;
         off += n;
         len -= n;

@@ -484,6 +484,30 @@ START_TEST(t_nbd_server_errors)
     for (int i = 0; i < 5; i++)
         ck_assert_int_eq(vsrc_pread(s, buf, sizeof buf, 0), -EIO);
     vsrc_close(s);
+    stop_server();
+    /* some of the commands of a long read fail: the read fails whole, the
+     * others are waited for, the connection stays */
+    start_server((const char *[]){"--filter=error", "pattern", "size=8M", "error=EIO",
+                                  "error-pread-rate=20%", NULL});
+    s = vsrc_open(uri, &err);
+    ck_assert_ptr_nonnull(s);
+    uint8_t *big = malloc(1u << 20);
+    int good = 0, bad = 0;
+    for (int i = 0; i < 60; i++) {
+        uint64_t off = (uint64_t)(i * 104729) % (7u << 20);
+        int r = vsrc_pread(s, big, 1u << 20, off);
+        if (r == 0) {
+            check_pattern(big, 1u << 20, off);
+            good++;
+        } else {
+            ck_assert_int_eq(r, -EIO);
+            bad++;
+        }
+    }
+    ck_assert_int_gt(bad, 0);
+    ck_assert_int_gt(good, 0);
+    free(big);
+    vsrc_close(s);
     cleanup_dir();
 }
 END_TEST
