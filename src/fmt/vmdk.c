@@ -63,6 +63,7 @@ struct vext {
     uint64_t start, size;    /* bytes of the virtual disk */
     uint64_t desc_sectors;   /* as the descriptor says (0: none) */
     char *name;              /* file as the descriptor names it, or NULL */
+    char *prefix;            /* "extent NAME: ", or NULL for the layer's file */
     struct vsrc *src;        /* NULL: missing or not needed */
     bool own_src;            /* false when src is the layer's own file */
     uint64_t flat_off;       /* flat types: byte offset in src */
@@ -116,10 +117,17 @@ static bool first_report(struct vmdk *v, uint64_t key)
     return first;
 }
 
-/* How an extent is named in messages. */
+/* How an extent is named in messages: its file name. */
 static const char *ext_label(const struct vext *x)
 {
     return x->name ? x->name : x->type == VMDK_ET_ZERO ? "(zero extent)" : "(this file)";
+}
+
+/* What messages about an extent start with: nothing for the layer's own
+ * file, "extent NAME: " for an extent named by a descriptor. */
+static const char *ext_prefix(const struct vext *x)
+{
+    return x->prefix ? x->prefix : "";
 }
 
 /* ------------------------------------------------------------------------
@@ -237,10 +245,16 @@ static bool gt_lookup(struct vmdk *v, struct cursor *c, struct vext *x, uint64_t
     uint64_t gt_bytes = (uint64_t)sp->h.gtes * 4;
     uint32_t first_bad = 0;
     bool seen = false;
+    int rerr = 0;
     for (int w = 0; w < 2; w++) {
         uint32_t e;
-        if (!sp->gd[w] || gi >= sp->gd_avail[w] || gd_entry(v, c, x, w, gi, &e) < 0)
+        if (!sp->gd[w] || gi >= sp->gd_avail[w])
+            continue;   /* outside the file: said once at open */
+        int r = gd_entry(v, c, x, w, gi, &e);
+        if (r < 0) {
+            rerr = r;
             continue;
+        }
         if (e == 0) {
             *gt_off = 0;
             return true;
@@ -253,16 +267,15 @@ static bool gt_lookup(struct vmdk *v, struct cursor *c, struct vext *x, uint64_t
             first_bad = e;
         seen = true;
     }
-    if (first_report(v, pkey(P_GD, x->idx, gi))) {
+    if ((seen || rerr) && first_report(v, pkey(P_GD, x->idx, gi))) {
         uint64_t at = x->start + gi * sp->span;
         if (seen)
-            vlayer_problem(v->l, "%s: the grain table for disk offset 0x%" PRIx64
+            vlayer_problem(v->l, "%sthe grain table for disk offset 0x%" PRIx64
                            " (at sector %" PRIu32 ") lies past the end of the file",
-                           ext_label(x), at, first_bad);
+                           ext_prefix(x), at, first_bad);
         else
-            vlayer_problem(v->l, "%s: the grain directory entry for disk offset 0x%" PRIx64
-                           " cannot be read (the directory lies past the end of the file)",
-                           ext_label(x), at);
+            vlayer_problem(v->l, "%scannot read the grain directory entry for disk offset 0x%"
+                           PRIx64 ": %s", ext_prefix(x), at, strerror(-rerr));
     }
     return false;
 }
@@ -281,8 +294,8 @@ static enum gstate grain_lookup(struct vmdk *v, struct cursor *c, struct vext *x
                  (size_t)sp->h.gtes * 4);
     if (r < 0) {
         if (first_report(v, pkey(P_READ, x->idx, gi)))
-            vlayer_problem(v->l, "%s: cannot read the grain table at 0x%" PRIx64 ": %s",
-                           ext_label(x), gt_off, strerror(-r));
+            vlayer_problem(v->l, "%scannot read the grain table at 0x%" PRIx64 ": %s",
+                           ext_prefix(x), gt_off, strerror(-r));
         return G_BAD;
     }
     *gte = get_le32(c->gt.data + (gr % sp->h.gtes) * 4);
@@ -361,8 +374,8 @@ static void grain_problem(struct vmdk *v, struct vext *x, uint64_t gr, const cha
                           uint32_t gte)
 {
     if (first_report(v, pkey(P_GRAIN, x->idx, gr)))
-        vlayer_problem(v->l, "%s: the grain at disk offset 0x%" PRIx64 " (file sector %" PRIu32
-                       ") %s", ext_label(x), x->start + gr * x->sp->grain_bytes, gte, what);
+        vlayer_problem(v->l, "%sthe grain at disk offset 0x%" PRIx64 " (file sector %" PRIu32
+                       ") %s", ext_prefix(x), x->start + gr * x->sp->grain_bytes, gte, what);
 }
 
 static void compressed_piece(struct vmdk *v, struct vext *x, uint64_t gr, uint32_t gte,
@@ -627,13 +640,13 @@ static void report_gd(struct vmdk *v, struct vext *x)
         return;
     uint64_t best = VMFS_MAX(sp->gd_avail[0], sp->gd_avail[1]);
     if (best == sp->h.gd_entries)
-        vlayer_problem(v->l, "%s: the grain directory (sector %" PRIu64 ", %" PRIu64
-                       " entries) is not inside the file; the redundant copy is used",
-                       ext_label(x), sp->h.gd_off, sp->h.gd_entries);
+        vlayer_problem(v->l, "%sthe grain directory (sector %" PRIu64 ", %" PRIu64
+                       " entries) is not inside the file; its redundant copy is used",
+                       ext_prefix(x), sp->h.gd_off, sp->h.gd_entries);
     else
-        vlayer_problem(v->l, "%s: the grain directory (sector %" PRIu64 ", %" PRIu64
+        vlayer_problem(v->l, "%sthe grain directory (sector %" PRIu64 ", %" PRIu64
                        " entries) is not inside the file: reads from disk offset "
-                       "0x%" PRIx64 " on fail", ext_label(x), sp->h.gd_off, sp->h.gd_entries,
+                       "0x%" PRIx64 " on fail", ext_prefix(x), sp->h.gd_off, sp->h.gd_entries,
                        x->start + best * sp->span);
 }
 
@@ -648,8 +661,8 @@ static int open_sparse(struct vmdk *v, struct vext *x)
     struct vsparse *sp = xcalloc(1, sizeof(*sp));
     x->sp = sp;
     if (x->src->size < VMDK_SECTOR) {
-        vlayer_problem(v->l, "%s: too short for a sparse extent (%" PRIu64 " bytes)",
-                       ext_label(x), x->src->size);
+        vlayer_problem(v->l, "%stoo short for a sparse extent (%" PRIu64 " bytes)",
+                       ext_prefix(x), x->src->size);
         return -EINVAL;
     }
     int r = vsrc_pread(x->src, b, sizeof(b), 0);
@@ -666,7 +679,7 @@ static int open_sparse(struct vmdk *v, struct vext *x)
         why = msg;
     }
     if (r < 0) {
-        vlayer_problem(v->l, "%s: %s", ext_label(x), why ? why : strerror(-r));
+        vlayer_problem(v->l, "%s%s", ext_prefix(x), why ? why : strerror(-r));
         return r;
     }
     struct vmdk_sparse_hdr *h = &sp->h;
@@ -712,6 +725,7 @@ static void ext_free(struct vext *x)
         vsrc_close(x->src);
     free(x->sp);
     free(x->name);
+    free(x->prefix);
 }
 
 /* A flat extent: its file, and where that file ends in the disk. */
@@ -719,7 +733,7 @@ static void setup_flat(struct vmdk *v, struct vext *x, uint64_t off_sectors)
 {
     if (ckd_mul_u64(&x->flat_off, off_sectors, VMDK_SECTOR)) {
         x->state = "absurd offset";
-        vlayer_problem(v->l, "%s: absurd offset of %" PRIu64 " sectors", ext_label(x),
+        vlayer_problem(v->l, "%sabsurd offset of %" PRIu64 " sectors", ext_prefix(x),
                        off_sectors);
         return;
     }
@@ -737,8 +751,8 @@ static void setup_sparse(struct vmdk *v, struct vext *x)
 {
     int r = open_sparse(v, x);
     if (r == 1) {
-        vlayer_problem(v->l, "%s: a sparse extent that is itself a descriptor: not read",
-                       ext_label(x));
+        vlayer_problem(v->l, "%sa sparse extent that is itself a descriptor: not read",
+                       ext_prefix(x));
         r = -EINVAL;
     }
     if (r < 0) {
@@ -775,6 +789,8 @@ static void setup_extent(struct vmdk *v, struct vext *x, const struct vmdk_dext 
     x->desc_sectors = d->sectors;
     x->size = d->sectors * VMDK_SECTOR;
     x->name = d->file ? xstrdup(d->file) : NULL;
+    if (x->name)
+        x->prefix = xasprintf("extent %s: ", x->name);
     if (x->type == VMDK_ET_ZERO || refuse_type(v, x))
         return;
     if (vlayer_open_related(v->l, x->name, "extent", &x->src, NULL) < 0) {
