@@ -101,14 +101,18 @@ static void mark_down(struct nsrc *ns, const char *why)
                  "until it is back", ns->label, why);
 }
 
+/* The server is back: logged, and the pool may grow again (a restarted
+ * server may take more connections). */
 static void mark_up(struct nsrc *ns)
 {
     pthread_mutex_lock(&ns->state_lock);
     bool was = ns->down;
     ns->down = false;
     pthread_mutex_unlock(&ns->state_lock);
-    if (was)
+    if (was) {
+        atomic_store(&ns->limit, ns->max_conns);
         vmfs_log(VMFS_LOG_INFO, "%s: NBD server is back: reads work again", ns->label);
+    }
 }
 
 /* Waits until h has finished the command cookie, or the deadline.  Returns
@@ -256,16 +260,20 @@ static int reconnect(struct vsrc *s, struct nconn *c, bool grow)
 static struct nconn *take(struct nsrc *ns, int *grow_slot)
 {
     *grow_slot = -1;
-    unsigned n = atomic_load(&ns->members);
+    unsigned n = atomic_load(&ns->members), busy = 0;
     for (unsigned i = 0; i < n; i++) {
         struct nconn *c = &ns->conns[i];
-        if (atomic_load(&c->up) && !pthread_mutex_trylock(&c->lock)) {
-            if (c->h)
-                return c;
-            pthread_mutex_unlock(&c->lock);
+        if (atomic_load(&c->up)) {
+            if (!pthread_mutex_trylock(&c->lock)) {
+                if (c->h)
+                    return c;
+                pthread_mutex_unlock(&c->lock);
+            }
+            busy++;
         }
     }
-    if (n < atomic_load(&ns->limit) && !atomic_flag_test_and_set(&ns->growing)) {
+    /* grow only when working members are all busy, not when none works */
+    if (busy && n < atomic_load(&ns->limit) && !atomic_flag_test_and_set(&ns->growing)) {
         n = atomic_load(&ns->members);       /* only the grower changes it */
         if (n < atomic_load(&ns->limit)) {
             pthread_mutex_lock(&ns->conns[n].lock);

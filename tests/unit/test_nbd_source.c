@@ -539,6 +539,7 @@ START_TEST(t_nbd_restart)
     }
     ck_assert_int_eq(r, 0);
     check_pattern(buf, sizeof buf, 8192);
+    parallel_reads(s);                           /* the whole pool works again */
     /* a restart between two reads is not even noticed */
     stop_server();
     start_server(args);
