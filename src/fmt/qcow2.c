@@ -744,6 +744,15 @@ static void compressed_piece(struct qcow2 *q, uint64_t entry, uint64_t cstart,
 
 /* Describes the guest bytes from pos (inside a cluster whose L2 table is at
  * l2off) as far as they share one kind within that cluster, up to end. */
+static inline bool entry_is_zero(const uint8_t *e, size_t size)
+{
+    uint64_t a, b = 0;
+    memcpy(&a, e, 8);
+    if (size > 8)
+        memcpy(&b, e + 8, 8);
+    return (a | b) == 0;
+}
+
 static void cluster_piece(struct qcow2 *q, struct l2cur *c, uint64_t l2off,
                           uint64_t pos, uint64_t end, struct piece *p)
 {
@@ -759,6 +768,20 @@ static void cluster_piece(struct qcow2 *q, struct l2cur *c, uint64_t l2off,
             vlayer_problem(q->l, "cannot read the L2 table at 0x%" PRIx64 ": %s",
                            slice, strerror(-r));
         piece_set(p, VRUN_ERROR, VMFS_MIN(cend, end) - pos);
+        return;
+    }
+    if (entry == 0 && bitmap == 0) {
+        /* Unallocated: the common case of sparse images.  Skip the run of
+         * all-zero entries in this slice in one go. */
+        uint64_t idx = (ci & ((1ull << q->l2_bits) - 1)) & ((1ull << q->slice_bits) - 1);
+        uint64_t per = 1ull << q->slice_bits, n = 1;
+        const uint8_t *e = c->data + (idx + 1) * q->entry_size;
+        while (idx + n < per && entry_is_zero(e, q->entry_size)) {
+            n++;
+            e += q->entry_size;
+        }
+        uint64_t stop = VMFS_MIN(VMFS_MIN(cstart + n * q->cs, q->l->size), end);
+        piece_set(p, VRUN_BACKING, stop - pos);
         return;
     }
     uint64_t from = cstart, to = cend;
