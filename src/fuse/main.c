@@ -167,39 +167,54 @@ static int check_paths(const char *source, const char *mnt, bool *single)
     return 0;
 }
 
+/* The checks that come before mounting: 0 to go on, else the exit status
+ * (after one line on stderr, or the help or version on stdout). */
+static int prepare(struct fuse_args *args, struct cmdline *c, struct fuse_cmdline_opts *fo,
+                   size_t *cache, bool *single)
+{
+    if (fuse_opt_parse(args, c, vmfs_opts, opt_proc) < 0)
+        return 1;
+    if (c->show_help) {
+        usage(stdout);
+        return -1;
+    }
+    if (c->show_version) {
+        printf("vmfs %s (libfuse %s)\n", PACKAGE_VERSION, fuse_pkgversion());
+        return -1;
+    }
+    if (fuse_parse_cmdline(args, fo) != 0)
+        return 1;      /* libfuse printed the reason */
+    if (!c->source || !fo->mountpoint) {
+        fprintf(stderr, "vmfs: usage: vmfs [OPTIONS] SOURCE MOUNTPOINT (see vmfs --help)\n");
+        return 1;
+    }
+    *cache = 32u << 20;
+    if (c->cache_size && !parse_size(c->cache_size, cache))
+        return fail("bad cache_size '%s': expected a size such as 64M", c->cache_size);
+    if (c->max_chain_set && (c->max_chain < 1 || c->max_chain > 1000))
+        return fail("bad max_chain: expected a number from 1 to 1000");
+    return check_paths(c->source, fo->mountpoint, single);
+}
+
 int main(int argc, char **argv)
 {
     struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
     struct cmdline c = {.attr_timeout = 1.0};
-    if (fuse_opt_parse(&args, &c, vmfs_opts, opt_proc) < 0)
-        return 1;
-    if (c.show_help) {
-        usage(stdout);
-        return 0;
-    }
-    if (c.show_version) {
-        printf("vmfs %s (libfuse %s)\n", PACKAGE_VERSION, fuse_pkgversion());
-        return 0;
-    }
-    struct fuse_cmdline_opts fo;
-    if (fuse_parse_cmdline(&args, &fo) != 0)
-        return 1;      /* libfuse printed the reason */
-    if (!c.source || !fo.mountpoint) {
-        fprintf(stderr, "vmfs: usage: vmfs [OPTIONS] SOURCE MOUNTPOINT (see vmfs --help)\n");
-        return 1;
-    }
-    size_t cache = 32u << 20;
-    if (c.cache_size && !parse_size(c.cache_size, &cache))
-        return fail("bad cache_size '%s': expected a size such as 64M", c.cache_size);
-    if (c.max_chain_set && (c.max_chain < 1 || c.max_chain > 1000))
-        return fail("bad max_chain: expected a number from 1 to 1000");
+    struct fuse_cmdline_opts fo = {.mountpoint = NULL};
+    size_t cache = 0;
     bool single = false;
-    if (check_paths(c.source, fo.mountpoint, &single))
-        return 1;
+    char *real = NULL;
+    int ret = prepare(&args, &c, &fo, &cache, &single);
+    if (ret != 0) {
+        ret = ret < 0 ? 0 : ret;
+        goto done;
+    }
     bool uri = tree_is_uri(c.source);
-    char *real = uri ? xstrdup(c.source) : realpath(c.source, NULL);
-    if (!real)
-        return fail("cannot resolve SOURCE %s", c.source);
+    real = uri ? xstrdup(c.source) : realpath(c.source, NULL);
+    if (!real) {
+        ret = fail("cannot resolve SOURCE %s", c.source);
+        goto done;
+    }
 
     /* Every open image holds descriptors: allow as many as we may. */
     struct rlimit rl;
@@ -247,7 +262,7 @@ int main(int argc, char **argv)
     fuse_opt_add_arg(&args, fsname);
     free(fsname);
 
-    int ret = 1;
+    ret = 1;
     struct fuse_session *se = fuse_session_new(&args, &vmfs_ops, sizeof vmfs_ops, NULL);
     if (!se)
         goto out;
@@ -277,6 +292,7 @@ out_session:
 out:
     vmfs_ops_shutdown();
     tree_shutdown();
+done:
     free(real);
     free(fo.mountpoint);
     free(c.source);

@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "fuse/fuse.h"
@@ -682,6 +683,19 @@ static void read_view(fuse_req_t req, const struct vview *v, size_t size, off_t 
     if (r < 0) {
         vplan_free(&plan);
         fuse_reply_err(req, -r);
+        return;
+    }
+    bool files = false;
+    for (size_t i = 0; i < plan.nsegs && !files; i++)
+        files = plan.segs[i].fd >= 0;
+    if (!files) {
+        /* Only memory (decoded, zeros, NBD): one writev, no pipe. */
+        struct iovec *iov = xcalloc(plan.nsegs + 1, sizeof *iov);
+        for (size_t i = 0; i < plan.nsegs; i++)
+            iov[i] = (struct iovec){plan.segs[i].mem, plan.segs[i].len};
+        fuse_reply_iov(req, iov, (int)plan.nsegs);
+        free(iov);
+        vplan_free(&plan);
         return;
     }
     struct fuse_bufvec *bv = xcalloc(1, sizeof *bv + plan.nsegs * sizeof bv->buf[0]);

@@ -154,6 +154,8 @@ static bool inside_root(const char *path, const char *root)
 {
     if (!root)
         return true;
+    if (!root[0])
+        return false;      /* a source with no local directory */
     CLEANUP_FREE char *real = realpath(path, NULL);
     if (real)
         return path_under(real, root);
@@ -536,7 +538,8 @@ void vimage_report(struct vimage *img, struct rep *root)
     rep_set_str(root, "format", vimage_format(img));
     rep_set_str(root, "status", np ? "damaged" : "ok");
     rep_set_size(root, "virtual_size", img->size);
-    rep_set_size(root, "file_size", have_st ? (uint64_t)st.st_size : 0);
+    uint64_t fsize = have_st ? (uint64_t)st.st_size : img->nlayers ? img->layers[0]->file->size : 0;
+    rep_set_size(root, "file_size", fsize);
     rep_set_size(root, "allocated_size", have_st ? (uint64_t)st.st_blocks * 512 : 0);
     rep_set_size(root, "data_size", data);
     if (img->snap_index >= 0 && img->nlayers) {

@@ -67,7 +67,10 @@ void tree_init(const struct tree_opts *o)
     if (opts.uri) {
         opts.single_file = true;
         opts.single_name = export_file_name(opts.source);
-        opts.open.root = NULL;
+        /* An export has no directory here: no local file is inside it, so
+         * a backing reference in it opens nothing without
+         * allow_external_backing. */
+        opts.open.root = "";
     } else if (opts.single_file) {
         const char *slash = strrchr(opts.source, '/');
         opts.single_name = xstrdup(slash ? slash + 1 : opts.source);
