@@ -135,6 +135,12 @@ const struct vfmt_driver *vfmt_probe(const uint8_t *head, size_t len,
                                      uint64_t file_size, const char *path,
                                      bool raw_fallback);
 
+/* For map_alloc: narrows a VRUN_DATA run to what its source holds — a
+ * leading hole of the source (vsrc_extent) makes it a VRUN_ZERO run up to
+ * the source's data, else it ends where the source's data does.  Other
+ * runs are left alone.  Always returns 0. */
+int vrun_refine_holes(struct vrun *run);
+
 /* Records a problem of this layer once: it goes into info and is logged once
  * (the layer's file name is prefixed).  Thread-safe. */
 void vlayer_problem(struct vlayer *l, const char *fmt, ...) VMFS_PRINTF(2, 3);

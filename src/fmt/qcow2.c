@@ -886,24 +886,7 @@ static int q_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
 static int q_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
 {
     int r = q_map(l, off, len, run);
-    if (r < 0 || run->kind != VRUN_DATA || run->src->fd < 0 || run->src_off > INT64_MAX)
-        return r;
-    off_t at = (off_t)run->src_off;
-    off_t d = lseek(run->src->fd, at, SEEK_DATA);
-    if (d < 0) {
-        if (errno == ENXIO)           /* a hole up to the end of the file */
-            run->kind = VRUN_ZERO;
-        return 0;                     /* no hole support: all data */
-    }
-    if (d > at) {
-        run->kind = VRUN_ZERO;
-        run->len = VMFS_MIN(run->len, (uint64_t)(d - at));
-        return 0;
-    }
-    off_t h = lseek(run->src->fd, at, SEEK_HOLE);
-    if (h > at)
-        run->len = VMFS_MIN(run->len, (uint64_t)(h - at));
-    return 0;
+    return r < 0 ? r : vrun_refine_holes(run);
 }
 
 /* Copies [in, in + n) of the compressed guest cluster at cstart to out. */

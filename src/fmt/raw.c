@@ -46,17 +46,8 @@ static int raw_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *ru
  * status on an NBD export.  A source that cannot tell is all data. */
 static int raw_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
 {
-    bool data = true;
-    uint64_t n = len;
-    if (vsrc_extent(l->file, off, len, &data, &n) < 0) {
-        data = true;
-        n = len;
-    }
-    run->len = n;
-    run->kind = data ? VRUN_DATA : VRUN_ZERO;
-    run->src = l->file;
-    run->src_off = off;
-    return 0;
+    raw_map(l, off, len, run);
+    return vrun_refine_holes(run);
 }
 
 const struct vfmt_driver vfmt_raw = {

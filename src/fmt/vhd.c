@@ -897,23 +897,9 @@ static int vhd_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vr
 {
     struct vhd *v = l->priv;
     int r = vhd_map(l, off, len, run);
-    int fd = l->file->fd;
-    if (r < 0 || v->f.type != VHD_TYPE_FIXED || run->kind != VRUN_DATA || fd < 0)
+    if (r < 0 || v->f.type != VHD_TYPE_FIXED)
         return r;
-    off_t d = lseek(fd, (off_t)off, SEEK_DATA);
-    if (d < 0) {
-        if (errno == ENXIO)
-            set_run(run, VRUN_ZERO, run->len);
-        return 0;
-    }
-    if ((uint64_t)d > off) {
-        set_run(run, VRUN_ZERO, VMFS_MIN(run->len, (uint64_t)d - off));
-        return 0;
-    }
-    off_t h = lseek(fd, (off_t)off, SEEK_HOLE);
-    if (h > 0 && (uint64_t)h > off)
-        run->len = VMFS_MIN(run->len, (uint64_t)h - off);
-    return 0;
+    return vrun_refine_holes(run);
 }
 
 /* ------------------------------------------------------------------------

@@ -1511,16 +1511,7 @@ static int vhdx_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *r
 static int vhdx_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
 {
     int r = vhdx_map(l, off, len, run);
-    if (r < 0 || run->kind != VRUN_DATA || run->src != l->file)
-        return r;
-    bool data;
-    uint64_t n;
-    if (vsrc_extent(run->src, run->src_off, run->len, &data, &n) < 0)
-        return 0;                   /* cannot tell: data */
-    run->len = n;
-    if (!data)
-        run->kind = VRUN_ZERO;
-    return 0;
+    return r < 0 ? r : vrun_refine_holes(run);
 }
 
 /* ------------------------------------------------------------------------

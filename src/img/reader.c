@@ -175,6 +175,20 @@ void vplan_free(struct vplan *plan)
     memset(plan, 0, sizeof *plan);
 }
 
+int vrun_refine_holes(struct vrun *run)
+{
+    if (run->kind != VRUN_DATA || !run->src)
+        return 0;
+    bool data;
+    uint64_t n;
+    if (vsrc_extent(run->src, run->src_off, run->len, &data, &n) < 0 || n == 0)
+        return 0;
+    if (!data)
+        run->kind = VRUN_ZERO;
+    run->len = VMFS_MIN(run->len, n);
+    return 0;
+}
+
 static bool run_is_data(const struct vrun *run) { return run->kind != VRUN_ZERO; }
 
 int vimage_extent(struct vimage *img, uint64_t off, bool *data, uint64_t *len)
