@@ -25,6 +25,48 @@
 #include <time.h>
 
 #include "vmfs/io.h"
+#include "vmfs/lazylib.h"
+
+/* libnbd is loaded on first use (lazylib.h). */
+#define NBD_API(X) \
+    X(nbd_add_meta_context) X(nbd_aio_block_status) X(nbd_aio_command_completed) \
+    X(nbd_aio_connect_uri) X(nbd_aio_is_closed) X(nbd_aio_is_dead) \
+    X(nbd_aio_is_processing) X(nbd_aio_is_ready) X(nbd_aio_pread) \
+    X(nbd_can_meta_context) X(nbd_can_multi_conn) X(nbd_close) \
+    X(nbd_create) X(nbd_get_block_size) X(nbd_get_errno) \
+    X(nbd_get_error) X(nbd_get_size) X(nbd_poll) \
+    X(nbd_set_handle_name) X(nbd_set_pread_initialize)
+static struct {
+    NBD_API(LAZYLIB_SLOT)
+} nbd_api;
+static const char *const nbd_api_names[] = {NBD_API(LAZYLIB_NAME) NULL};
+static struct lazylib libnbd = {
+    .soname = "libnbd.so.0",
+    .package = "libnbd0",
+    .names = nbd_api_names,
+    .slots = (void **)&nbd_api,
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+};
+#define nbd_add_meta_context nbd_api.nbd_add_meta_context
+#define nbd_aio_block_status nbd_api.nbd_aio_block_status
+#define nbd_aio_command_completed nbd_api.nbd_aio_command_completed
+#define nbd_aio_connect_uri nbd_api.nbd_aio_connect_uri
+#define nbd_aio_is_closed nbd_api.nbd_aio_is_closed
+#define nbd_aio_is_dead nbd_api.nbd_aio_is_dead
+#define nbd_aio_is_processing nbd_api.nbd_aio_is_processing
+#define nbd_aio_is_ready nbd_api.nbd_aio_is_ready
+#define nbd_aio_pread nbd_api.nbd_aio_pread
+#define nbd_can_meta_context nbd_api.nbd_can_meta_context
+#define nbd_can_multi_conn nbd_api.nbd_can_multi_conn
+#define nbd_close nbd_api.nbd_close
+#define nbd_create nbd_api.nbd_create
+#define nbd_get_block_size nbd_api.nbd_get_block_size
+#define nbd_get_errno nbd_api.nbd_get_errno
+#define nbd_get_error nbd_api.nbd_get_error
+#define nbd_get_size nbd_api.nbd_get_size
+#define nbd_poll nbd_api.nbd_poll
+#define nbd_set_handle_name nbd_api.nbd_set_handle_name
+#define nbd_set_pread_initialize nbd_api.nbd_set_pread_initialize
 
 #define NBD_MAX_CONNS 4
 #define CONNECT_MS 10000          /* first connection and reconnections */
@@ -569,6 +611,11 @@ static const struct vsrc_ops nbd_ops = {
 
 struct vsrc *vsrc_open_nbd_ex(const char *uri, const struct vsrc_nbd_opts *o, int *err)
 {
+    if (!lazylib_load(&libnbd)) {
+        vmfs_log(VMFS_LOG_ERR, "%s: %s", uri, libnbd.err);
+        *err = -ELIBACC;
+        return NULL;
+    }
     struct nsrc *ns = xcalloc(1, sizeof *ns);
     ns->uri = xstrdup(uri);
     if (o)
