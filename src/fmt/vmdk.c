@@ -8,21 +8,19 @@
  * their parent with parentFileNameHint.  docs/formats/vmdk.md describes the
  * layout and where vmfs departs from qemu.
  *
- * Threads: open and close run alone.  map, decode and report run on many
- * threads at once and only read state fixed at open; grain directory
- * slices, grain tables and decompressed grains come from the shared cache,
- * the deflate decompressor is per thread.  The only lock, plock, guards the
+ * Threads: open and close run alone.  map, map_alloc, decode and report run
+ * on many threads at once and only read state fixed at open; grain
+ * directory slices, grain tables and decompressed grains come from the
+ * shared cache, the deflate decompressor is per thread.  The only lock, plock, guards the
  * set of problems already reported and is taken on the error path alone. */
 #include "config.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <libdeflate.h>
 
@@ -339,35 +337,17 @@ static struct vext *find_ext(struct vmdk *v, uint64_t pos)
     return &v->ext[lo];
 }
 
-/* A flat extent: file bytes up to the next host hole, zeros in host holes,
- * errors past the end of a short file. */
+/* A flat extent: the file's bytes, errors past the end of a short file.
+ * (Host holes are found by map_alloc only.) */
 static void flat_piece(struct vext *x, uint64_t pos, uint64_t stop, struct piece *p)
 {
     if (pos >= x->file_end) {
         piece_set(p, VRUN_ERROR, stop - pos);
         return;
     }
-    stop = VMFS_MIN(stop, x->file_end);
-    uint64_t host = x->flat_off + (pos - x->start);
-    piece_set(p, VRUN_DATA, stop - pos);
+    piece_set(p, VRUN_DATA, VMFS_MIN(stop, x->file_end) - pos);
     p->src = x->src;
-    p->src_off = host;
-    int fd = x->src->fd;
-    if (fd < 0)
-        return;
-    off_t d = lseek(fd, (off_t)host, SEEK_DATA);
-    if (d < 0) {
-        if (errno == ENXIO)
-            piece_set(p, VRUN_ZERO, stop - pos);
-        return;
-    }
-    if ((uint64_t)d > host) {
-        piece_set(p, VRUN_ZERO, VMFS_MIN(stop - pos, (uint64_t)d - host));
-        return;
-    }
-    off_t h = lseek(fd, (off_t)host, SEEK_HOLE);
-    if (h > 0 && (uint64_t)h > host)
-        p->len = VMFS_MIN(p->len, (uint64_t)h - host);
+    p->src_off = x->flat_off + (pos - x->start);
 }
 
 static void grain_problem(struct vmdk *v, struct vext *x, uint64_t gr, const char *what,
@@ -477,6 +457,14 @@ static int vmdk_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *r
     }
     cursor_release(&c);
     return 0;
+}
+
+/* For allocation questions: data runs narrowed to what the host file holds
+ * (a flat extent on a sparse host file has holes). */
+static int vmdk_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
+{
+    int r = vmdk_map(l, off, len, run);
+    return r < 0 ? r : vrun_refine_holes(run);
 }
 
 /* ------------------------------------------------------------------------
@@ -1101,6 +1089,8 @@ static void vmdk_report(struct vlayer *l, struct rep *o)
             rep_set_strf(o, "parent_cid", "%08" PRIx32, d->parent_cid);
         if (d->parent_hint)
             rep_set_str(o, "parent_file_name_hint", d->parent_hint);
+        if (d->ctk_path)
+            rep_set_str(o, "change_track_path", d->ctk_path);
     }
     if (v->sparse_file) {
         report_sparse(v->ext[0].sp, o);
@@ -1173,17 +1163,20 @@ static bool load_desc(const char *path, const uint8_t *head, size_t len, struct 
     return true;
 }
 
+/* The extent files of a descriptor, and its change tracking file. */
 static size_t vmdk_related(const char *path, const uint8_t *head, size_t len, char ***names)
 {
     struct vmdk_desc d;
     *names = NULL;
     if (!load_desc(path, head, len, &d))
         return 0;
-    char **v = xcalloc(d.next + 1, sizeof(*v));
+    char **v = xcalloc(d.next + 2, sizeof(*v));
     size_t n = 0;
     for (size_t i = 0; i < d.next; i++)
         if (d.ext[i].file && !names_self(path, d.ext[i].file))
             v[n++] = xstrdup(d.ext[i].file);
+    if (d.ctk_path && !names_self(path, d.ctk_path))
+        v[n++] = xstrdup(d.ctk_path);
     vmdk_desc_free(&d);
     if (!n) {
         free(v);
@@ -1198,6 +1191,7 @@ const struct vfmt_driver vfmt_vmdk = {
     .probe = vmdk_probe,
     .open = vmdk_open,
     .map = vmdk_map,
+    .map_alloc = vmdk_map_alloc,
     .decode = vmdk_decode,
     .report = vmdk_report,
     .close = vmdk_close,

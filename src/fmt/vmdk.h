@@ -55,6 +55,7 @@ struct vmdk_desc {
     uint32_t cid, parent_cid;
     char *create_type;         /* NULL when absent */
     char *parent_hint;         /* parentFileNameHint, NULL when absent/empty */
+    char *ctk_path;            /* changeTrackPath (a -ctk.vmdk file), or NULL */
     struct vmdk_dext *ext;     /* at most VMDK_MAX_EXTENTS kept */
     size_t next;               /* kept */
     size_t ext_cap;            /* allocated */

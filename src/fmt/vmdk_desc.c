@@ -256,11 +256,12 @@ static void parse_pair(struct vmdk_desc *d, const char *ks, const char *ke, cons
         d->has_parent_cid = ok = parse_hex32(vs, ve, &d->parent_cid);
     } else if (range_eq(ks, ke, "createType")) {
         set_str(&d->create_type, vs, ve);
-    } else if (range_eq(ks, ke, "parentFileNameHint")) {
+    } else if (range_eq(ks, ke, "parentFileNameHint") || range_eq(ks, ke, "changeTrackPath")) {
+        char **dst = range_eq(ks, ke, "changeTrackPath") ? &d->ctk_path : &d->parent_hint;
         if ((size_t)(ve - vs) > VMDK_MAX_NAME || memchr(vs, 0, (size_t)(ve - vs)))
             ok = false;
         else if (ve > vs)
-            set_str(&d->parent_hint, vs, ve);
+            set_str(dst, vs, ve);
     } else if (ke - ks > 4 && !strncasecmp(ks, "ddb.", 4) && d->nddb < VMDK_MAX_DDB) {
         d->ddb[d->nddb].key = dup_range(ks, ke);
         d->ddb[d->nddb++].val = dup_range(vs, VMFS_MIN(ve, vs + 256));
@@ -319,6 +320,7 @@ void vmdk_desc_free(struct vmdk_desc *d)
     }
     free(d->create_type);
     free(d->parent_hint);
+    free(d->ctk_path);
     memset(d, 0, sizeof(*d));
 }
 

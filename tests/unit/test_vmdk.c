@@ -303,6 +303,7 @@ START_TEST(desc_parses_keys_and_extents)
         "parentCID = ffffffff\r\n"
         "createType=\"twoGbMaxExtentSparse\"\r\n"
         "parentFileNameHint=\"C:\\\\vms\\\\base.vmdk\"\r\n"
+        "changeTrackPath=\"disk-ctk.vmdk\"\r\n"
         "\r\n"
         "# Extent description\r\n"
         "RW 4192256 SPARSE \"disk name-s001.vmdk\"\r\n"
@@ -320,6 +321,7 @@ START_TEST(desc_parses_keys_and_extents)
     ck_assert(d.has_parent_cid && d.parent_cid == 0xffffffff);
     ck_assert_str_eq(d.create_type, "twoGbMaxExtentSparse");
     ck_assert_str_eq(d.parent_hint, "C:\\\\vms\\\\base.vmdk");
+    ck_assert_str_eq(d.ctk_path, "disk-ctk.vmdk");
     ck_assert_uint_eq(d.next, 5);
     ck_assert_uint_eq(d.next_total, 5);
     ck_assert_int_eq(d.ext[0].type, VMDK_ET_SPARSE);
@@ -339,7 +341,7 @@ START_TEST(desc_parses_keys_and_extents)
     ck_assert_str_eq(d.ext[4].type_name, "FUNNY");
     ck_assert(!d.ext[4].malformed);
     ck_assert_uint_eq(d.bad_lines, 1);
-    ck_assert_uint_eq(d.first_bad_line, 15);
+    ck_assert_uint_eq(d.first_bad_line, 16);
     ck_assert_uint_eq(d.nddb, 2);
     ck_assert_str_eq(d.ddb[0].key, "ddb.adapterType");
     ck_assert_str_eq(d.ddb[0].val, "lsilogic");
@@ -843,7 +845,7 @@ START_TEST(descriptor_flat_zero_and_sparse_extents)
     char *sparse = write_sb(&b);
     char *fb = base_name(flat), *spb = base_name(sparse);
     char *text = xasprintf("# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\n"
-                           "createType=\"vmfs\"\n\n"
+                           "createType=\"vmfs\"\nchangeTrackPath=\"x-ctk.vmdk\"\n\n"
                            "RW 16 FLAT \"%s\" 8\n"
                            "RW 10 ZERO\n"
                            "RDONLY 32 SPARSE \"%s\"\n"
@@ -865,9 +867,10 @@ START_TEST(descriptor_flat_zero_and_sparse_extents)
     uint8_t head[512];
     size_t n = vfmt_vmdk.related_files(desc, (const uint8_t *)text,
                                        VMFS_MIN(strlen(text), sizeof(head)), &names);
-    ck_assert_uint_eq(n, 3);
+    ck_assert_uint_eq(n, 4);
     ck_assert_str_eq(names[0], fb);
     ck_assert_str_eq(names[1], spb);
+    ck_assert_str_eq(names[3], "x-ctk.vmdk");
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     free(names);
