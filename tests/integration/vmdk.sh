@@ -3,7 +3,8 @@
 # (monolithicSparse, monolithicFlat, twoGbMaxExtentSparse, twoGbMaxExtentFlat,
 # streamOptimized; compat6, hwversion, toolsversion, adapter types,
 # zeroed grains, preallocation), a stream-optimized file with its grain
-# directory in the footer, a hand-written vmfs descriptor, ZERO / RDONLY /
+# directory in the footer, a hand-written vmfs descriptor with an ESX
+# snapshot (vmfsSparse, a COWD delta) over it, ZERO / RDONLY /
 # NOACCESS extents and delta chains through parentFileNameHint read
 # byte-identical to `qemu-img convert -O raw` (and to libyal's vmdkmount
 # where it reads the image); extent files are not listed on their own;
@@ -136,6 +137,32 @@ def cmd_stream(raw, out, grain_sectors="128"):
     out_b += b"\0" * SEC
     open(out, "wb").write(out_b)
 
+def cmd_cowd(out, capacity, grain, *fills):
+    """An ESX sparse (COWD) extent: CAPACITY sectors, GRAIN-sector grains,
+    4096 entries per table; each fill OFF:LEN:BYTE (bytes, whole grains)
+    allocates those grains filled with BYTE."""
+    cap, gs = int(capacity), int(grain)
+    gb = gs * SEC
+    span = 4096 * gs
+    ngd = -(-cap // span)
+    gd_at = 4
+    gt_at = gd_at + -(-ngd * 4 // SEC)
+    data_at = gt_at + ngd * 32
+    gt = [0] * (ngd * 4096)
+    grains = bytearray()
+    for spec in fills:
+        off, length, byte = (int(x, 0) for x in spec.split(":"))
+        for g in range(off // gb, (off + length) // gb):
+            gt[g] = data_at + len(grains) // SEC
+            grains += bytes([byte]) * gb
+    hdr = struct.pack("<4sIIIIIII", b"COWD", 1, 3, cap, gs, gd_at, ngd, data_at)
+    f = bytearray(hdr.ljust(gd_at * SEC, b"\0"))
+    f += struct.pack("<%dI" % ngd, *[gt_at + t * 32 for t in range(ngd)]).ljust(
+        (gt_at - gd_at) * SEC, b"\0")
+    f += struct.pack("<%dI" % len(gt), *gt)
+    f += grains
+    open(out, "wb").write(f)
+
 cmd = sys.argv[1].replace("-", "_")
 globals()["cmd_" + cmd](*sys.argv[2:])
 EOF
@@ -259,15 +286,35 @@ out = f[:2048 * 512] + bytes(3000 * 512) + f[2048 * 512:3072 * 512] + f[100 * 51
 open(sys.argv[2], "wb").write(out)
 EOF
 
+# An ESX snapshot over it: a vmfsSparse descriptor and a COWD delta.
+tool cowd "$SRC/esxsnap-delta.vmdk" 16384 8 0:8192:0xa1 1048576:65536:0xa2 8384512:4096:0xa3
+cat >"$SRC/esxsnap.vmdk" <<'EOF'
+# Disk DescriptorFile
+version=1
+encoding="UTF-8"
+CID=0badcafe
+parentCID=fffffffe
+isNativeSnapshot="no"
+createType="vmfsSparse"
+parentFileNameHint="esx.vmdk"
+# Extent description
+RW 16384 VMFSSPARSE "esxsnap-delta.vmdk"
+
+# The Disk Data Base
+#DDB
+
+ddb.longContentID = "0123456789abcdef0123456789abcdef"
+EOF
+
 GOOD=(sparse sparse-zg compat6 tools adapter-ide adapter-lsilogic adapter-buslogic
     adapter-legacyESX prealloc flat flat-falloc stream stream-footer twogbs twogbf base child
-    grandchild esx)
+    grandchild esx esxsnap)
 for g in "${GOOD[@]}"; do
     ref_raw "$SRC/$g.vmdk" "$REF/$g.vmdk" || hard_error "qemu-img convert $g"
 done
 EXTENTS=(flat-flat.vmdk flat-falloc-flat.vmdk twogbs-s001.vmdk twogbs-s002.vmdk twogbs-s003.vmdk
     twogbf-f001.vmdk twogbf-f002.vmdk twogbf-f003.vmdk grandchild-s001.vmdk esx-flat.vmdk
-    mixed-f001.vmdk)
+    mixed-f001.vmdk esxsnap-delta.vmdk)
 for e in "${EXTENTS[@]}"; do
     [ -f "$SRC/$e" ] || hard_error "expected extent file $e was not created"
 done
@@ -405,6 +452,9 @@ check "twogbs: three sparse extents" jq_true "$MNT/twogbs.vmdk.d/info.json" \
      all(.vmdk.extents[]; .type == "SPARSE" and .status == "ok")'
 check "esx: a VMFS extent" jq_true "$MNT/esx.vmdk.d/info.json" \
     '.vmdk.create_type == "vmfs" and .vmdk.extents[0].type == "VMFS"'
+check "esxsnap: a COWD delta over esx.vmdk" jq_true "$MNT/esxsnap.vmdk.d/info.json" \
+    '.vmdk.create_type == "vmfsSparse" and .vmdk.extents[0].sparse.header == "COWD (ESX sparse)" and
+     (.backing_chain | map(.file | split("/") | last)) == ["esx.vmdk"] and .status == "ok"'
 check "grandchild: its chain is child, base" jq_true "$MNT/grandchild.vmdk.d/info.json" \
     '(.backing_chain | map(.file | split("/") | last)) == ["child.vmdk", "base.vmdk"] and
      .vmdk.parent_file_name_hint == "child.vmdk" and .status == "ok"'
