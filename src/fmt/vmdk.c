@@ -118,7 +118,7 @@ static bool first_report(struct vmdk *v, uint64_t key)
 /* How an extent is named in messages: its file name. */
 static const char *ext_label(const struct vext *x)
 {
-    return x->name ? x->name : x->type == VMDK_ET_ZERO ? "(zero extent)" : "(this file)";
+    return x->name ? x->name : x->type == VMDK_ET_ZERO ? "(zero extent)" : "(no file)";
 }
 
 /* What messages about an extent start with: nothing for the layer's own
@@ -672,9 +672,9 @@ static int open_sparse(struct vmdk *v, struct vext *x)
     }
     struct vmdk_sparse_hdr *h = &sp->h;
     if (!h->cowd && (h->flags & VMDK4_FLAG_NL_DETECT) && memcmp(h->nl_chars, "\n \r\n", 4))
-        vlayer_problem(v->l, "%s: the newline check bytes of the header are altered (the file "
+        vlayer_problem(v->l, "%sthe newline check bytes of the header are altered (the file "
                        "went through a text-mode transfer?); data may be damaged",
-                       ext_label(x));
+                       ext_prefix(x));
     sp->compressed = !h->cowd && h->compress == VMDK_COMPRESS_DEFLATE;
     sp->markers = !h->cowd && (h->flags & VMDK4_FLAG_MARKERS);
     sp->zero_grain = !h->cowd && (h->flags & VMDK4_FLAG_ZERO_GRAIN);
@@ -1075,6 +1075,21 @@ static const char *subformat(const struct vmdk *v)
     return v->sparse_file ? "monolithicSparse" : "unknown";
 }
 
+/* The grain size all sparse extents share, or 0 (none, or they differ). */
+static uint64_t common_grain(const struct vmdk *v)
+{
+    uint64_t g = 0;
+    for (size_t i = 0; i < v->next; i++) {
+        const struct vext *x = &v->ext[i];
+        if (!x->sp || x->state)
+            continue;
+        if (g && g != x->sp->grain_bytes)
+            return 0;
+        g = x->sp->grain_bytes;
+    }
+    return g;
+}
+
 static void vmdk_report(struct vlayer *l, struct rep *o)
 {
     struct vmdk *v = l->priv;
@@ -1095,6 +1110,9 @@ static void vmdk_report(struct vlayer *l, struct rep *o)
     if (v->sparse_file) {
         report_sparse(v->ext[0].sp, o);
     } else {
+        uint64_t grain = common_grain(v);
+        if (grain)
+            rep_set_size(o, "grain_size", grain);
         struct rep *a = rep_set_array(o, "extents");
         for (size_t i = 0; i < v->next; i++)
             report_extent(&v->ext[i], rep_add_object(a));
