@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <libgen.h>
+#include <pthread.h>
 #include <zlib.h>
 
 #include "unit.h"
@@ -535,6 +536,62 @@ END_TEST
 START_TEST(stream_optimized_footer) { stream_case(true, true); }
 END_TEST
 START_TEST(compressed_without_markers) { stream_case(false, false); }
+END_TEST
+
+/* Many threads reading random ranges of a stream-optimized disk at once
+ * (shared cache, per-thread decompressors) all get the right bytes. */
+struct par {
+    struct vimage *img;
+    const uint8_t *exp;
+    size_t size;
+    unsigned seed;
+    int bad;
+};
+
+static void *par_reader(void *arg)
+{
+    struct par *p = arg;
+    uint8_t *buf = malloc(40000);
+    for (int i = 0; i < 1500 && !p->bad; i++) {
+        size_t off = (size_t)rand_r(&p->seed) % p->size;
+        size_t n = 1 + (size_t)rand_r(&p->seed) % 40000;
+        n = VMFS_MIN(n, p->size - off);
+        if (vimage_read(p->img, buf, n, off) != 0 || memcmp(buf, p->exp + off, n))
+            p->bad = 1;
+    }
+    free(buf);
+    return NULL;
+}
+
+START_TEST(parallel_readers)
+{
+    struct sb b;
+    sb_init(&b, 64 * 16, 16, 8);
+    b.version = 3;
+    b.compress = VMDK_COMPRESS_DEFLATE;
+    b.flags |= VMDK4_FLAG_COMPRESSED | VMDK4_FLAG_MARKERS;
+    enum gk k[64];
+    for (size_t i = 0; i < 64; i++)
+        k[i] = i % 5 == 3 ? G_NONE : G_COMP;
+    sb_build(&b, k, 64);
+    uint8_t *exp = expect(&b, k, 64, NULL);
+    char *path = write_sb(&b);
+    struct vimage *img = open_img(path);
+    struct par p[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        p[i] = (struct par){img, exp, 64 * 16 * SEC, (unsigned)i * 7919 + 1, 0};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, par_reader, &p[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        ck_assert_int_eq(p[i].bad, 0);
+    }
+    ck_assert_uint_eq(nproblems(img), 0);
+    vimage_unref(img);
+    free(exp);
+    unlink_free(path);
+}
 END_TEST
 
 START_TEST(corrupt_compressed_grain_fails_alone)
@@ -1237,6 +1294,7 @@ static Suite *suite(void)
     tcase_add_test(t, stream_optimized_with_markers);
     tcase_add_test(t, stream_optimized_footer);
     tcase_add_test(t, compressed_without_markers);
+    tcase_add_test(t, parallel_readers);
     tcase_add_test(t, corrupt_compressed_grain_fails_alone);
     tcase_add_test(t, bad_compressed_sizes);
     tcase_add_test(t, footer_damaged_is_refused);
