@@ -9,9 +9,12 @@ PACKAGES=(
     build-essential autoconf automake libtool pkg-config
     libfuse3-dev zlib1g-dev libzstd-dev libdeflate-dev libnbd-dev libguestfs-dev check
     # run, test, demo
-    fuse3 qemu-utils fdisk jq e2fsprogs python3 shellcheck
-    # guest file systems through libguestfs: its appliance needs a kernel
+    fuse3 qemu-utils fdisk jq e2fsprogs python3 shellcheck nbdkit libnbd-bin libvhdi-utils libvmdk-utils
+    # guest file systems through libguestfs: its appliance needs a kernel;
+    # the appliance is built from the host's packages, so the file system
+    # tools the guest tests use inside it must be installed here
     linux-image-amd64 supermin libguestfs-tools
+    libguestfs-xfs xfsprogs btrfs-progs dosfstools ntfs-3g libnbd-bin attr
 )
 
 if [ "$(id -u)" -ne 0 ]; then

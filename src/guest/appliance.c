@@ -38,6 +38,24 @@
 #define FAILED_BACKOFF 30.0          /* seconds a failed launch is not retried */
 #define MAX_FAILED 32
 
+struct gfs_api gfs_api;
+static const char *const gfs_api_names[] = {GFS_API(LAZYLIB_NAME) NULL};
+static struct lazylib libguestfs = {
+    .soname = "libguestfs.so.0",
+    .package = "libguestfs0",
+    .names = gfs_api_names,
+    .slots = (void **)&gfs_api,
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+};
+
+bool g_load_libguestfs(const char **why)
+{
+    if (lazylib_load(&libguestfs))
+        return true;
+    *why = libguestfs.err;
+    return false;
+}
+
 static struct guest_opts opts;
 static char *runtime_dir;
 static bool own_runtime_dir;
@@ -740,6 +758,15 @@ static int add_backend_setting(guestfs_h *g, const char *setting)
     return r;
 }
 
+/* Keeps the first error a launch reports: later ones only say that the
+ * launch failed. */
+static void first_error(guestfs_h *g, void *opaque, const char *msg)
+{
+    char *buf = opaque;
+    if (!buf[0] && msg)
+        snprintf(buf, 300, "%s", msg);
+}
+
 /* Creates and launches a handle on the NBD socket.  0, or -1 with *why. */
 static int launch_once(struct app *a, const char *sock, bool tcg, char **why)
 {
@@ -748,7 +775,8 @@ static int launch_once(struct app *a, const char *sock, bool tcg, char **why)
         *why = xstrdup("cannot create a libguestfs handle");
         return -1;
     }
-    guestfs_set_error_handler(g, NULL, NULL);
+    char errbuf[300] = "";
+    guestfs_set_error_handler(g, first_error, errbuf);
     if (!getenv("LIBGUESTFS_BACKEND"))
         guestfs_set_backend(g, "direct");
     if (tcg && !env_has_setting("force_tcg"))
@@ -785,10 +813,16 @@ static int launch_once(struct app *a, const char *sock, bool tcg, char **why)
         }
     }
     if (r < 0) {
-        *why = last_error(g);
+        if (errbuf[0]) {
+            errbuf[strcspn(errbuf, "\n")] = 0;
+            *why = xstrdup(errbuf);
+        } else {
+            *why = last_error(g);
+        }
         guestfs_close(g);
         return -1;
     }
+    guestfs_set_error_handler(g, NULL, NULL);
     int pid = guestfs_get_pid(g);
     pthread_mutex_lock(&a->lock);
     a->pid = pid > 0 ? pid : 0;
@@ -800,6 +834,15 @@ static int launch_once(struct app *a, const char *sock, bool tcg, char **why)
 
 static int launch(struct app *a)
 {
+    const char *nolib;
+    if (!g_load_libguestfs(&nolib)) {
+        char *why = xasprintf("no appliance: %s", nolib);
+        vmfs_log(VMFS_LOG_ERR, "guest: %s", why);
+        remember_failure(a->t, why);
+        app_kill(a, why, false);
+        free(why);
+        return -1;
+    }
     if (mkdir(a->dir, 0700) < 0 && errno != EEXIST) {
         app_kill(a, "cannot create the appliance's directory", false);
         return -1;

@@ -191,6 +191,8 @@ void g_parse_filefrag(const char *out, char *const *names, size_t n, const uint6
         } else if (table && strstr(line, "extent") && strstr(line, "found")) {
             maps[cur] = finish_map(ext, ext_n, bad, fsize, dev_size);
             cur = n;
+        } else if (table) {
+            bad = true;   /* a line in the table that is not an extent */
         }
     }
     if (cur < n)

@@ -32,7 +32,7 @@ struct view_facts {
     uint64_t gen;
     struct fsfact *fs;
     size_t nfs;
-    bool has_table;
+    size_t nvols;                      /* partitions and LVs of the layout */
     uint64_t used;                     /* LRU clock */
 };
 
@@ -357,7 +357,7 @@ static void view_build(struct timg *t, struct view_facts *v)
         fact_free(&c.out[k]);
     free(c.out);
     fact_free(&c.disk);
-    v->has_table = nvols > 0 && lay->vols[0].kind == VVOL_PARTITION;
+    v->nvols = nvols;
 }
 
 static bool view_is(const struct view_facts *v, const struct timg *t)
@@ -459,16 +459,10 @@ void g_facts_shutdown(void)
 /* ---- the report ---- */
 
 /* Whether a filesystem entry belongs in the report: the whole disk only
- * when it is not a container for the others. */
+ * when it holds no partitions or volumes (as fs/ shows it). */
 static bool reported(const struct view_facts *v, const struct fsfact *f)
 {
-    if (strcmp(f->name, "disk"))
-        return true;
-    if (v->has_table)
-        return false;
-    const char *t = f->type ? f->type : f->stype;
-    return t && !strstr(t, "partition table") && strcmp(t, "LVM2 PV") &&
-           strcmp(t, "LVM2_member");
+    return strcmp(f->name, "disk") || v->nvols == 0;
 }
 
 void guest_report(struct timg *t, struct rep *root)

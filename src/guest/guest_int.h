@@ -16,7 +16,68 @@
 #include <sys/types.h>
 
 #include "vmfs/guest.h"
+#include "vmfs/lazylib.h"
 #include "vmfs/tree.h"
+
+/* ---- libguestfs, loaded on first use (lazylib.h) ---- */
+
+#define GFS_API(X) \
+    X(guestfs_add_drive_opts) X(guestfs_blockdev_getsize64) X(guestfs_blockdev_setro) \
+    X(guestfs_close) X(guestfs_create_flags) X(guestfs_debug) \
+    X(guestfs_free_dirent_list) X(guestfs_free_statns) X(guestfs_free_statns_list) \
+    X(guestfs_free_xattr_list) X(guestfs_get_backend_settings) X(guestfs_get_pid) \
+    X(guestfs_is_ready) X(guestfs_last_errno) X(guestfs_last_error) X(guestfs_launch) \
+    X(guestfs_lgetxattrs) X(guestfs_ls0) X(guestfs_lstatns) X(guestfs_lstatnslist) \
+    X(guestfs_lxattrlist) X(guestfs_mkmountpoint) X(guestfs_mount_options) \
+    X(guestfs_mount_vfs) X(guestfs_pread) X(guestfs_pread_device) X(guestfs_readdir) \
+    X(guestfs_readlink) X(guestfs_readlinklist) X(guestfs_set_autosync) \
+    X(guestfs_set_backend) X(guestfs_set_backend_settings) X(guestfs_set_error_handler) \
+    X(guestfs_set_tmpdir) X(guestfs_vfs_label) X(guestfs_vfs_type) X(guestfs_vfs_uuid) \
+    X(guestfs_vg_activate_all)
+struct gfs_api {
+    GFS_API(LAZYLIB_SLOT)
+};
+extern struct gfs_api gfs_api;
+/* Loads libguestfs: true, or false with *why (static text). */
+bool g_load_libguestfs(const char **why);
+#define guestfs_add_drive_opts gfs_api.guestfs_add_drive_opts
+#define guestfs_blockdev_getsize64 gfs_api.guestfs_blockdev_getsize64
+#define guestfs_blockdev_setro gfs_api.guestfs_blockdev_setro
+#define guestfs_close gfs_api.guestfs_close
+#define guestfs_create_flags gfs_api.guestfs_create_flags
+#define guestfs_debug gfs_api.guestfs_debug
+#define guestfs_free_dirent_list gfs_api.guestfs_free_dirent_list
+#define guestfs_free_statns gfs_api.guestfs_free_statns
+#define guestfs_free_statns_list gfs_api.guestfs_free_statns_list
+#define guestfs_free_xattr_list gfs_api.guestfs_free_xattr_list
+#define guestfs_get_backend_settings gfs_api.guestfs_get_backend_settings
+#define guestfs_get_pid gfs_api.guestfs_get_pid
+#define guestfs_is_ready gfs_api.guestfs_is_ready
+#define guestfs_last_errno gfs_api.guestfs_last_errno
+#define guestfs_last_error gfs_api.guestfs_last_error
+#define guestfs_launch gfs_api.guestfs_launch
+#define guestfs_lgetxattrs gfs_api.guestfs_lgetxattrs
+#define guestfs_ls0 gfs_api.guestfs_ls0
+#define guestfs_lstatns gfs_api.guestfs_lstatns
+#define guestfs_lstatnslist gfs_api.guestfs_lstatnslist
+#define guestfs_lxattrlist gfs_api.guestfs_lxattrlist
+#define guestfs_mkmountpoint gfs_api.guestfs_mkmountpoint
+#define guestfs_mount_options gfs_api.guestfs_mount_options
+#define guestfs_mount_vfs gfs_api.guestfs_mount_vfs
+#define guestfs_pread gfs_api.guestfs_pread
+#define guestfs_pread_device gfs_api.guestfs_pread_device
+#define guestfs_readdir gfs_api.guestfs_readdir
+#define guestfs_readlink gfs_api.guestfs_readlink
+#define guestfs_readlinklist gfs_api.guestfs_readlinklist
+#define guestfs_set_autosync gfs_api.guestfs_set_autosync
+#define guestfs_set_backend gfs_api.guestfs_set_backend
+#define guestfs_set_backend_settings gfs_api.guestfs_set_backend_settings
+#define guestfs_set_error_handler gfs_api.guestfs_set_error_handler
+#define guestfs_set_tmpdir gfs_api.guestfs_set_tmpdir
+#define guestfs_vfs_label gfs_api.guestfs_vfs_label
+#define guestfs_vfs_type gfs_api.guestfs_vfs_type
+#define guestfs_vfs_uuid gfs_api.guestfs_vfs_uuid
+#define guestfs_vg_activate_all gfs_api.guestfs_vg_activate_all
 
 /* What a guest (or a misbehaving appliance) can make vmfs hold. */
 #define G_MAX_PATH 4096               /* bytes of a path inside a filesystem */
