@@ -102,12 +102,6 @@ int vimage_extent(struct vimage *img, uint64_t off, bool *data, uint64_t *len);
 /* Bytes of the disk that hold data (computed once, then remembered). */
 uint64_t vimage_allocated(struct vimage *img);
 
-/* What the image's files occupy on the host, all layers together, capped
- * at the virtual size: a cheap stand-in for vimage_allocated where only the
- * order of magnitude matters (st_blocks).  False when a layer is not a
- * plain file (an NBD export). */
-bool vimage_host_allocated(struct vimage *img, uint64_t *bytes);
-
 /* Adds the image's facts: format, sizes, chain, snapshots.  The problem
  * list comes last, from vimage_report_problems, once every layer above
  * has had its say. */

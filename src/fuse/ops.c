@@ -362,13 +362,7 @@ static int node_attr(uint64_t ino, const struct nodeinfo *n, struct stat *st)
         st->st_nlink = 1;
         if (r == 0) {
             st->st_size = (off_t)vview_size(&v);
-            /* A whole disk counts what its files occupy on the host: walking
-             * every table of a large image on the first stat would delay the
-             * first read (info's data size is the exact count). */
-            uint64_t used;
-            if (v.vol >= 0 || !vimage_host_allocated(t->img, &used))
-                used = vview_allocated(&v);
-            st->st_blocks = (blkcnt_t)((used + 511) / 512);
+            st->st_blocks = (blkcnt_t)((vview_allocated(&v) + 511) / 512);
         }
         const struct vsnap *s = t->snap >= 0 ? vimage_snapshot(t->img, (size_t)t->snap) : NULL;
         if (s) {

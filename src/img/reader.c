@@ -3,7 +3,6 @@
 #include "config.h"
 
 #include <errno.h>
-#include <sys/stat.h>
 
 #include "vmfs/image.h"
 
@@ -237,17 +236,4 @@ uint64_t vimage_allocated(struct vimage *img)
     img->alloc_known = true;
     pthread_mutex_unlock(&img->lock);
     return bytes;
-}
-
-bool vimage_host_allocated(struct vimage *img, uint64_t *bytes)
-{
-    uint64_t sum = 0;
-    for (size_t i = 0; i < img->nlayers; i++) {
-        struct stat st;
-        if (img->layers[i]->file->fd < 0 || fstat(img->layers[i]->file->fd, &st) < 0)
-            return false;
-        sum += (uint64_t)st.st_blocks * 512;
-    }
-    *bytes = VMFS_MIN(sum, img->size);
-    return true;
 }
