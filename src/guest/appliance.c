@@ -308,6 +308,8 @@ static void app_free(struct app *a)
         free(f->uuid);
         free(f->options);
         free(f->reason);
+        for (size_t k = 0; k < G_RECENT_DIRS; k++)
+            free(f->recent[k]);
     }
     free(a->fs);
     free(a->dir);
@@ -915,7 +917,11 @@ static void serve_jobs(struct app *a)
             job_done(a, j);   /* marks it done for a waiter that is still here */
             return;
         }
+        double t0 = g_now();
         w_run_job(a, j);
+        vmfs_log(VMFS_LOG_DEBUG, "guest: job %d%s on %s: %s: %d in %.1f ms", (int)j->kind,
+                 j->background ? " (background)" : "", a->fs[j->fs].name, j->path, j->err,
+                 (g_now() - t0) * 1000);
         job_done(a, j);
         if (!guestfs_is_ready(a->g)) {
             vmfs_log(VMFS_LOG_WARN, "guest: the appliance of %s died", a->t->path);

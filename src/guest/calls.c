@@ -328,6 +328,41 @@ static void check_direct(struct app *a, struct gfs *f)
     pthread_mutex_unlock(&a->lock);
 }
 
+/* Whether a read-only mount of f as type could still write to its device:
+ * ext3/ext4 clean up orphan inodes even when mounted read-only, unless the
+ * device itself is read-only.  The filesystems listed do not write when
+ * mounted with the options above; an ext2/3/4 without orphans neither. */
+static bool ro_mount_may_write(struct app *a, struct gfs *f, const char *type)
+{
+    static const char *const quiet[] = {"xfs", "btrfs", "vfat", "msdos", "exfat",
+                                        "iso9660", "squashfs", "udf", "ntfs"};
+    for (size_t i = 0; i < VMFS_ARRAY_SIZE(quiet); i++)
+        if (!strcmp(type, quiet[i]))
+            return false;
+    if (strcmp(type, "ext2") && strcmp(type, "ext3") && strcmp(type, "ext4"))
+        return true;
+    uint8_t sb[1024];
+    struct vview v = {a->t, f->vol};
+    if (vview_size(&v) < 2048 || vview_read(&v, sb, sizeof sb, 1024) < 0 ||
+        get_le16(sb + 0x38) != 0xEF53)
+        return true;
+    bool orphans = get_le32(sb + 0xE8) != 0;           /* s_last_orphan */
+    bool orphan_file = get_le32(sb + 0x5C) & 0x1000;   /* COMPAT_ORPHAN_FILE */
+    return orphans || orphan_file;
+}
+
+/* Makes f's device read-only in the appliance's kernel when mounting could
+ * otherwise write to it, so that nothing is cleaned up or replayed. */
+static void protect(struct app *a, struct gfs *f, const char *type, bool *done)
+{
+    if (*done || !ro_mount_may_write(a, f, type))
+        return;
+    call_begin(a);
+    guestfs_blockdev_setro(a->g, f->dev);
+    call_end(a);
+    *done = true;
+}
+
 int w_mount(struct app *a, size_t i)
 {
     struct gfs *f = &a->fs[i];
@@ -346,15 +381,13 @@ int w_mount(struct app *a, size_t i)
     call_end(a);
     if (r < 0 && !guestfs_is_ready(a->g))
         return -EIO;
-    /* The kernel then refuses any write to the device, so no filesystem
-     * can replay or clean up anything while it mounts. */
-    call_begin(a);
-    guestfs_blockdev_setro(a->g, f->dev);
-    call_end(a);
     char *err = NULL;
+    bool ro = false;
     r = -1;
-    if (f->hint && type_known(f->hint))
+    if (f->hint && type_known(f->hint)) {
+        protect(a, f, f->hint, &ro);
         r = try_mount(a, f, f->hint, &err);
+    }
     if (r == -1) {
         /* No hint, or the hint was wrong: ask the appliance. */
         char *probe_why = NULL;
@@ -380,6 +413,7 @@ int w_mount(struct app *a, size_t i)
         if (!f->hint || strcmp(type, f->hint)) {
             free(err);
             err = NULL;
+            protect(a, f, type, &ro);
             r = try_mount(a, f, type, &err);
         }
         if (r == -1) {
@@ -393,8 +427,7 @@ int w_mount(struct app *a, size_t i)
         return -EIO;
     if (r < 0)
         return -ENODEV;
-    check_direct(a, f);
-    return 0;
+    return 0;   /* whether data may come from the view: at the first map */
 }
 
 /* ---- attributes and listings ---- */
@@ -507,6 +540,14 @@ static int list_names(struct app *a, const char *p, char ***out, size_t *n)
     return 0;
 }
 
+/* Remembers a listed directory as a place to find files to map. */
+static void note_listed(struct gfs *f, const char *path)
+{
+    free(f->recent[f->recent_next]);
+    f->recent[f->recent_next] = xstrdup(path);
+    f->recent_next = (f->recent_next + 1) % G_RECENT_DIRS;
+}
+
 static size_t gdir_bytes(const struct gdir *d)
 {
     size_t b = sizeof *d + d->n * sizeof *d->ents;
@@ -564,6 +605,7 @@ static int w_readdir(struct app *a, struct job *j)
         guestfs_free_statns_list(sl);
     free_names(names);
     qsort(d->ents, d->n, sizeof *d->ents, cmp_dirent);
+    note_listed(&a->fs[j->fs], j->path);
     struct gc_key k = key(a, j->fs, GC_DIR, j->path);
     gc_put(&k, gdir_ref(d), gdir_bytes(d), gdir_free);
     j->dir = d;
@@ -805,82 +847,114 @@ static void cache_no_map(struct app *a, size_t fs, const char *path)
 #define MAP_BATCH 1024               /* files mapped in one call */
 #define MAP_CMD_MAX (96u << 10)      /* bytes of one shell command */
 
-/* Maps j's file and the other unmapped regular files of its directory
- * with one filefrag run in the appliance. */
+/* Files to map in one call: paths relative to the filesystem's root. */
+struct map_batch {
+    char *names[MAP_BATCH];
+    uint64_t sizes[MAP_BATCH];
+    size_t n;
+    size_t cmdlen;
+};
+
+static bool batch_add(struct map_batch *b, const char *rel, uint64_t size)
+{
+    size_t cost = strlen(rel) * 4 + 8;   /* quoted, in the worst case */
+    if (b->n == MAP_BATCH || b->cmdlen + cost > MAP_CMD_MAX)
+        return false;
+    b->names[b->n] = xstrdup(rel);
+    b->sizes[b->n++] = size;
+    b->cmdlen += cost;
+    return true;
+}
+
+/* Adds the unmapped regular files of the listed directory dir. */
+static void batch_dir(struct app *a, size_t fs, const char *dir, const char *skip,
+                      struct map_batch *b)
+{
+    struct gc_ent *ref;
+    struct gdir *d = cached_parent(a, fs, dir, &ref);
+    for (size_t i = 0; d && i < d->n; i++) {
+        const struct guest_dirent *e = &d->ents[i];
+        if (!S_ISREG(e->st.st_mode) || e->st.st_size == 0 || strchr(e->name, '\n'))
+            continue;
+        CLEANUP_FREE char *cp = child_path(dir, e->name);
+        struct gc_key k = key(a, fs, GC_MAP, cp);
+        if ((skip && !strcmp(cp, skip)) || gc_has(&k))
+            continue;
+        if (strchr(dir + 1, '\n') || !batch_add(b, cp + 1, (uint64_t)e->st.st_size))
+            break;
+    }
+    gc_release(ref);
+}
+
+/* Runs filefrag on a batch: maps in the same order (NULL: not mapped). */
+static int map_batch(struct app *a, struct gfs *f, struct map_batch *b, struct gmap **maps)
+{
+    char *cmd = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&cmd, &len);
+    if (!m)
+        abort();
+    /* From the filesystem's root, names in the output are ./PATH; a file
+     * that filefrag cannot map is only left out. */
+    fprintf(m, "cd /sysroot%s && { filefrag -v --", f->mp);
+    for (size_t i = 0; i < b->n; i++) {
+        CLEANUP_FREE char *arg = xasprintf("./%s", b->names[i]);
+        CLEANUP_FREE char *q = g_shell_quote(arg);
+        fprintf(m, " %s", q);
+    }
+    fprintf(m, "; } 2>/dev/null; exit 0");
+    fclose(m);
+    char *out = debug_sh(a, cmd);
+    free(cmd);
+    if (!out)
+        return guestfs_is_ready(a->g) ? 0 : -EIO;
+    struct vview v = {a->t, f->vol};
+    g_parse_filefrag(out, b->names, b->n, b->sizes, vview_size(&v), maps);
+    free(out);
+    return 0;
+}
+
+/* Maps j's file (j->off is its size) and, in the same call, the other
+ * unmapped regular files of its directory and of the directories listed
+ * last: one filefrag run in the appliance for up to MAP_BATCH files. */
 static int w_map(struct app *a, struct job *j)
 {
     int r = w_mount(a, j->fs);
     if (r < 0)
         return r == -ENODEV ? -ENOENT : r;
     struct gfs *f = &a->fs[j->fs];
-    CLEANUP_FREE char *dir = NULL;
-    const char *name;
-    split_path(j->path, &dir, &name);
-    if (!f->direct || strchr(name, '\n') || !strcmp(j->path, "/")) {
+    if (!f->direct_checked) {
+        f->direct_checked = true;
+        check_direct(a, f);
+    }
+    if (!f->direct || strchr(j->path, '\n') || !strcmp(j->path, "/")) {
         cache_no_map(a, j->fs, j->path);
         return 0;
     }
-    struct gc_ent *ref = NULL;
-    struct gdir *d = cached_parent(a, j->fs, dir, &ref);
-    const struct guest_dirent *self = d ? gdir_find(d, name) : NULL;
-    char **names = xcalloc(MAP_BATCH + 1, sizeof *names);
-    uint64_t *sizes = xcalloc(MAP_BATCH + 1, sizeof *sizes);
-    size_t n = 0;
-    names[n] = xstrdup(name);
-    sizes[n++] = self ? (uint64_t)self->st.st_size : (uint64_t)j->off;
-    CLEANUP_FREE char *qdir = g_shell_quote(dir);
-    size_t cmdlen = strlen(f->mp) + strlen(qdir) + 128 + strlen(name) + 16;
-    for (size_t i = 0; d && i < d->n && n < MAP_BATCH; i++) {
-        const struct guest_dirent *e = &d->ents[i];
-        if (!S_ISREG(e->st.st_mode) || e->st.st_size == 0 || strchr(e->name, '\n') ||
-            !strcmp(e->name, name))
-            continue;
-        CLEANUP_FREE char *cp = child_path(dir, e->name);
-        struct gc_key k = key(a, j->fs, GC_MAP, cp);
-        if (gc_has(&k))
-            continue;
-        if (cmdlen + strlen(e->name) * 4 + 8 > MAP_CMD_MAX)
-            break;
-        cmdlen += strlen(e->name) * 4 + 8;
-        names[n] = xstrdup(e->name);
-        sizes[n++] = (uint64_t)e->st.st_size;
+    CLEANUP_FREE char *dir = NULL;
+    const char *name;
+    split_path(j->path, &dir, &name);
+    struct map_batch *b = xcalloc(1, sizeof *b);
+    b->cmdlen = 64 + strlen(f->mp);
+    batch_add(b, j->path + 1, j->off);
+    batch_dir(a, j->fs, dir, j->path, b);
+    for (unsigned k = 1; k <= G_RECENT_DIRS && b->n < MAP_BATCH; k++) {
+        const char *other = f->recent[(f->recent_next + G_RECENT_DIRS - k) % G_RECENT_DIRS];
+        if (other && strcmp(other, dir))
+            batch_dir(a, j->fs, other, NULL, b);
     }
-    gc_release(ref);
-    /* cd to the directory (names in the output are then ./NAME) and map
-     * all of them; errors of single files only leave them unmapped. */
-    char *cmd = xasprintf("cd -- /sysroot%s%s 2>/dev/null && { filefrag -v --", f->mp,
-                          strcmp(dir, "/") ? qdir : "");
-    for (size_t i = 0; i < n; i++) {
-        CLEANUP_FREE char *arg = xasprintf("./%s", names[i]);
-        CLEANUP_FREE char *q = g_shell_quote(arg);
-        char *c2 = xasprintf("%s %s", cmd, q);
-        free(cmd);
-        cmd = c2;
-    }
-    char *c2 = xasprintf("%s; } 2>/dev/null; exit 0", cmd);
-    free(cmd);
-    cmd = c2;
-    char *out = debug_sh(a, cmd);
-    free(cmd);
-    struct gmap **maps = xcalloc(n, sizeof *maps);
-    if (out) {
-        struct vview v = {a->t, f->vol};
-        g_parse_filefrag(out, names, n, sizes, vview_size(&v), maps);
-        free(out);
-    } else if (!guestfs_is_ready(a->g)) {
-        r = -EIO;
-    }
-    for (size_t i = 0; i < n; i++) {
-        CLEANUP_FREE char *cp = child_path(dir, names[i]);
+    struct gmap **maps = xcalloc(b->n, sizeof *maps);
+    r = map_batch(a, f, b, maps);
+    for (size_t i = 0; i < b->n; i++) {
+        CLEANUP_FREE char *cp = xasprintf("/%s", b->names[i]);
         if (maps[i])
             cache_map(a, j->fs, cp, maps[i]);
         else if (r == 0)
             cache_no_map(a, j->fs, cp);
-        free(names[i]);
+        free(b->names[i]);
     }
     free(maps);
-    free(names);
-    free(sizes);
+    free(b);
     return r;
 }
 
@@ -893,8 +967,8 @@ static int w_pread(struct app *a, struct job *j)
         return r == -ENODEV ? -ENOENT : r;
     struct gc_key k = key(a, j->fs, GC_DATA, j->path);
     k.n = j->off / G_CHUNK;
-    if (j->background && gc_has(&k))
-        return 0;   /* read ahead already, or read meanwhile */
+    if (gc_has(&k))
+        return 0;   /* read ahead already, or read meanwhile: no j->chunk */
     CLEANUP_FREE char *p = gpath(&a->fs[j->fs], j->path);
     size_t n = 0;
     call_begin(a);

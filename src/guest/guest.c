@@ -463,6 +463,12 @@ static ssize_t read_chunks(struct req *q, uint8_t *buf, size_t len, uint64_t off
             if (r < 0)
                 return done ? (ssize_t)done : r;
             c = j->chunk;
+            if (!c)   /* read ahead meanwhile: it is in the cache */
+                c = gc_get(&k, &ref);
+            if (!c) {
+                job_put(j);
+                return done ? (ssize_t)done : -EIO;
+            }
         }
         size_t n = 0;
         if (pos - cstart < c->len) {

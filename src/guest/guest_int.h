@@ -88,6 +88,8 @@ bool g_load_libguestfs(const char **why);
 #define G_MAX_XATTR_VALUE 65536       /* bytes of one attribute */
 #define G_MAX_EXTENTS 65536           /* extents kept for one file */
 #define G_CHUNK (2u << 20)            /* bytes per guestfs_pread */
+#define G_RECENT_DIRS 32              /* listed directories remembered per
+                                         filesystem, to map files in batches */
 
 /* ---- the caches (cache.c) ---- */
 
@@ -177,6 +179,10 @@ struct gfs {
     char *reason;                     /* why it is not mounted */
     bool direct;                      /* file data may be read from the view */
     bool facts_done;
+    /* Worker only. */
+    bool direct_checked;
+    char *recent[G_RECENT_DIRS];      /* directories listed last (a ring) */
+    unsigned recent_next;
 };
 
 enum app_state { APP_STARTING, APP_READY, APP_DEAD };
