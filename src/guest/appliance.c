@@ -38,6 +38,9 @@
 #define FAILED_BACKOFF 30.0          /* seconds a failed launch is not retried */
 #define MAX_FAILED 32
 
+#ifdef GFS_LINKED
+bool g_load_libguestfs(const char **why) { return true; }
+#else
 struct gfs_api gfs_api;
 static const char *const gfs_api_names[] = {GFS_API(LAZYLIB_NAME) NULL};
 static struct lazylib libguestfs = {
@@ -55,6 +58,7 @@ bool g_load_libguestfs(const char **why)
     *why = libguestfs.err;
     return false;
 }
+#endif
 
 static struct guest_opts opts;
 static char *runtime_dir;
@@ -642,14 +646,17 @@ static size_t children_naming(const char *dir, pid_t *pids, size_t max)
     return n;
 }
 
-static void kill_hypervisor(struct app *a, pid_t pid)
+/* Kills an appliance's hypervisor: how many processes were signalled. */
+static size_t kill_hypervisor(struct app *a, pid_t pid)
 {
     pid_t pids[8];
-    size_t n = children_naming(a->dir, pids, 8);
-    if (pid > 0)
-        kill(pid, SIGKILL);
-    for (size_t i = 0; i < n; i++)
-        kill(pids[i], SIGKILL);
+    size_t found = children_naming(a->dir, pids, 8), killed = 0;
+    if (pid > 0 && kill(pid, SIGKILL) == 0)
+        killed++;
+    for (size_t i = 0; i < found; i++)
+        if (pids[i] != pid && kill(pids[i], SIGKILL) == 0)
+            killed++;
+    return killed;
 }
 
 void call_begin(struct app *a)
@@ -683,9 +690,17 @@ static void reap_round(void)
         pid_t pid = a->pid;
         pthread_mutex_unlock(&a->lock);
         if (late) {
-            vmfs_log(VMFS_LOG_WARN, "guest: the appliance of %s %s; killing it", a->t->path,
+            size_t killed = kill_hypervisor(a, pid);
+            if (launching && killed == 0) {
+                /* Nothing to kill yet (the launch is still preparing):
+                 * try again at the next round. */
+                pthread_mutex_lock(&a->lock);
+                a->kill_sent = false;
+                pthread_mutex_unlock(&a->lock);
+                continue;
+            }
+            vmfs_log(VMFS_LOG_WARN, "guest: the appliance of %s %s; killed it", a->t->path,
                      launching ? "did not start in time" : "stopped answering");
-            kill_hypervisor(a, pid);
             if (!launching)
                 app_kill_locked(a, "the appliance stopped answering and was killed", false);
         } else if (idle) {

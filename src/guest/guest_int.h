@@ -21,6 +21,17 @@
 
 /* ---- libguestfs, loaded on first use (lazylib.h) ---- */
 
+/* Loads libguestfs: true, or false with *why (static text). */
+bool g_load_libguestfs(const char **why);
+
+#if defined(__SANITIZE_ADDRESS__)
+/* AddressSanitizer resolves the functions it intercepts (libtirpc's XDR
+ * functions among them) when the program starts: a libguestfs loaded
+ * later would call them through null pointers.  Sanitizer builds call
+ * libguestfs directly; the link (CORE_LIBS) keeps it only where used. */
+#define GFS_LINKED 1
+#else
+
 #define GFS_API(X) \
     X(guestfs_add_drive_opts) X(guestfs_blockdev_getsize64) X(guestfs_blockdev_setro) \
     X(guestfs_close) X(guestfs_create_flags) X(guestfs_debug) \
@@ -38,8 +49,6 @@ struct gfs_api {
     GFS_API(LAZYLIB_SLOT)
 };
 extern struct gfs_api gfs_api;
-/* Loads libguestfs: true, or false with *why (static text). */
-bool g_load_libguestfs(const char **why);
 #define guestfs_add_drive_opts gfs_api.guestfs_add_drive_opts
 #define guestfs_blockdev_getsize64 gfs_api.guestfs_blockdev_getsize64
 #define guestfs_blockdev_setro gfs_api.guestfs_blockdev_setro
@@ -78,6 +87,7 @@ bool g_load_libguestfs(const char **why);
 #define guestfs_vfs_type gfs_api.guestfs_vfs_type
 #define guestfs_vfs_uuid gfs_api.guestfs_vfs_uuid
 #define guestfs_vg_activate_all gfs_api.guestfs_vg_activate_all
+#endif
 
 /* What a guest (or a misbehaving appliance) can make vmfs hold. */
 #define G_MAX_PATH 4096               /* bytes of a path inside a filesystem */
