@@ -29,7 +29,8 @@ struct rep;
 struct guest_opts {
     unsigned idle_timeout;     /* seconds before an idle appliance stops (60;
                                   VMFS_GUEST_IDLE_TIMEOUT) */
-    unsigned max_appliances;   /* running at once; the idlest stops first (4) */
+    unsigned max_appliances;   /* running at once; the idlest stops first (4;
+                                  VMFS_GUEST_MAX_APPLIANCES) */
     const char *runtime_dir;   /* where NBD sockets go (private, 0700); NULL: a
                                   new directory in $XDG_RUNTIME_DIR or /tmp */
     unsigned call_timeout;     /* seconds one appliance call may take before

@@ -89,7 +89,8 @@ double g_now(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static unsigned env_secs(const char *name, unsigned opt, unsigned def)
+/* opt when set, else the environment variable name, else def. */
+static unsigned env_uint(const char *name, unsigned opt, unsigned def)
 {
     if (opt)
         return opt;
@@ -106,14 +107,13 @@ static unsigned env_secs(const char *name, unsigned opt, unsigned def)
 void guest_init(const struct guest_opts *o)
 {
     opts = *o;
-    opts.idle_timeout = env_secs("VMFS_GUEST_IDLE_TIMEOUT", o->idle_timeout, DEFAULT_IDLE);
-    if (!opts.max_appliances)
-        opts.max_appliances = DEFAULT_MAX;
-    opts.call_timeout = env_secs("VMFS_GUEST_CALL_TIMEOUT", o->call_timeout,
+    opts.idle_timeout = env_uint("VMFS_GUEST_IDLE_TIMEOUT", o->idle_timeout, DEFAULT_IDLE);
+    opts.max_appliances = env_uint("VMFS_GUEST_MAX_APPLIANCES", o->max_appliances, DEFAULT_MAX);
+    opts.call_timeout = env_uint("VMFS_GUEST_CALL_TIMEOUT", o->call_timeout,
                                  DEFAULT_CALL_TIMEOUT);
-    opts.launch_timeout = env_secs("VMFS_GUEST_LAUNCH_TIMEOUT", o->launch_timeout,
+    opts.launch_timeout = env_uint("VMFS_GUEST_LAUNCH_TIMEOUT", o->launch_timeout,
                                    DEFAULT_LAUNCH_TIMEOUT);
-    opts.kvm_timeout = env_secs("VMFS_GUEST_KVM_TIMEOUT", o->kvm_timeout, DEFAULT_KVM_TIMEOUT);
+    opts.kvm_timeout = env_uint("VMFS_GUEST_KVM_TIMEOUT", o->kvm_timeout, DEFAULT_KVM_TIMEOUT);
     free(runtime_dir);
     runtime_dir = NULL;
     own_runtime_dir = false;

@@ -1022,27 +1022,33 @@ static void set_facts(struct app *a, struct gfs *f, char *type, char *label, cha
     g_facts_store(a, f);
 }
 
-/* Type, label and UUID of every filesystem the appliance can see. */
+/* Type, label and UUID of the next filesystem the appliance has not
+ * described yet; queues itself again while others remain, so that
+ * requests never wait behind more than one filesystem's worth. */
 static int w_facts(struct app *a, struct job *j)
 {
-    for (size_t i = 0; i < a->nfs; i++) {
-        struct gfs *f = &a->fs[i];
-        if (!f->dev || f->facts_done)
-            continue;
-        if (f->state == GFS_FAILED && !f->type)
-            continue;   /* nothing to say beyond the reason */
-        call_begin(a);
-        char *type = guestfs_vfs_type(a->g, f->dev);
-        char *label = type && *type ? guestfs_vfs_label(a->g, f->dev) : NULL;
-        char *uuid = type && *type ? guestfs_vfs_uuid(a->g, f->dev) : NULL;
-        call_end(a);
-        set_facts(a, f, type, label, uuid);
-        free(type);
-        free(label);
-        free(uuid);
-        if (!guestfs_is_ready(a->g))
-            return -EIO;
+    struct gfs *f = NULL;
+    for (size_t i = 0; i < a->nfs && !f; i++) {
+        struct gfs *c = &a->fs[i];
+        if (c->dev && !c->facts_done && !(c->state == GFS_FAILED && !c->type))
+            f = c;
     }
+    if (!f)
+        return 0;
+    call_begin(a);
+    char *type = guestfs_vfs_type(a->g, f->dev);
+    char *label = type && *type ? guestfs_vfs_label(a->g, f->dev) : NULL;
+    char *uuid = type && *type ? guestfs_vfs_uuid(a->g, f->dev) : NULL;
+    call_end(a);
+    set_facts(a, f, type, label, uuid);
+    free(type);
+    free(label);
+    free(uuid);
+    if (!guestfs_is_ready(a->g))
+        return -EIO;
+    struct job *next = job_new(J_FACTS, 0, "/");
+    app_queue_background(a, next);
+    job_put(next);
     return 0;
 }
 

@@ -35,6 +35,8 @@ TMO=${VMFS_TEST_TIMEOUT:-300}   # a first access may start an appliance
 # A call that takes longer kills its appliance (the hung-appliance check).
 CALL_TMO=20
 export VMFS_GUEST_CALL_TIMEOUT=$CALL_TMO
+# Three views get appliances; at most two may run at once.
+export VMFS_GUEST_MAX_APPLIANCES=2
 
 SRC=$WORK/src
 REF=$WORK/ref
@@ -90,6 +92,9 @@ build_multi() {
     } | sfdisk -q "$img" >/dev/null || hard_error "sfdisk"
     (cd "$FILES" && tar --numeric-owner --format=posix -cf "$REF/files.tar" .)
     head -c 64M /dev/urandom >"$REF/big.bin"
+    # What Windows leaves when it hibernates: ntfs-3g then refuses to
+    # mount the volume read-write.
+    { printf 'HIBR'; head -c 4092 /dev/zero; } >"$REF/hiberfil.sys"
     # vfat holds no symlinks or owners: its files are uploaded one by one.
     local fat=$REF/fat.gf f
     : >"$fat"
@@ -140,6 +145,7 @@ upload $REF/big.bin /big.bin
 umount /
 -mount /dev/sda5 /
 -tar-in $REF/files.tar /
+-upload $REF/hiberfil.sys /hiberfil.sys
 -umount /
 mount /dev/vg0/lvext /
 tar-in $REF/files.tar /
@@ -155,10 +161,45 @@ EOF
     local start
     start=$(part_start "$img" 6)
     dd if=/dev/urandom of="$img" bs=1M seek=$((start / 1048576)) count=16 conv=notrunc status=none
-    mke2fs -q -F -t ext4 -L vmfs-dirty -d "$FILES" "$REF/dirty.ext4" 32M || hard_error "mke2fs"
+    mke2fs -q -F -t ext4 -L vmfs-dirty -d "$FILES" "$REF/dirty.ext4" 32M >/dev/null ||
+        hard_error "mke2fs"
     debugfs -w -R "feature needs_recovery" "$REF/dirty.ext4" >/dev/null 2>&1
     start=$(part_start "$img" 7)
     dd if="$REF/dirty.ext4" of="$img" bs=1M seek=$((start / 1048576)) conv=notrunc status=none
+    ntfs_dirty "$img" "$(part_start "$img" 5)"
+}
+
+# ntfs_dirty IMAGE OFFSET: sets the "dirty" flag of the NTFS volume at
+# OFFSET (in $Volume's $VOLUME_INFORMATION, in the MFT and its mirror), as
+# a crash leaves it.  Does nothing where there is no NTFS.
+ntfs_dirty() {
+    python3 - "$1" "$2" <<'PY'
+import struct, sys
+path, off = sys.argv[1], int(sys.argv[2])
+f = open(path, "r+b")
+f.seek(off)
+bs = f.read(512)
+if bs[3:11] != b"NTFS    ":
+    sys.exit(0)
+bps, spc = struct.unpack_from("<H", bs, 11)[0], bs[13]
+mft, mirr = struct.unpack_from("<qq", bs, 48)
+crec = struct.unpack_from("<b", bs, 64)[0]
+size = 2 ** -crec if crec < 0 else crec * spc * bps
+f.seek(off + mft * spc * bps + 3 * size)
+rec = bytearray(f.read(size))
+usa, n = struct.unpack_from("<HH", rec, 4)
+plain = bytearray(rec)
+for i in range(1, n):
+    plain[i * bps - 2:i * bps] = rec[usa + 2 * i:usa + 2 * i + 2]
+a = struct.unpack_from("<H", plain, 20)[0]
+while struct.unpack_from("<I", plain, a)[0] != 0x70:
+    a += struct.unpack_from("<I", plain, a + 4)[0]
+p = a + struct.unpack_from("<H", plain, a + 20)[0] + 10
+struct.pack_into("<H", rec, p, struct.unpack_from("<H", plain, p)[0] | 1)
+for lcn in (mft, mirr):
+    f.seek(off + lcn * spc * bps + 3 * size)
+    f.write(rec)
+PY
 }
 
 # part_start IMAGE N: byte offset of partition N.
@@ -176,9 +217,9 @@ build_snap() {
     printf 'same in both\n' >"$REF/v2/keep.txt"
     printf 'only in two\n' >"$REF/v2/new.txt"
     mke2fs -q -F -t ext4 -U 11111111-2222-3333-4444-555555555555 -E root_owner=0:0 \
-        -d "$REF/v1" "$REF/v1.ext4" 16M || hard_error "mke2fs"
+        -d "$REF/v1" "$REF/v1.ext4" 16M >/dev/null || hard_error "mke2fs"
     mke2fs -q -F -t ext4 -U 11111111-2222-3333-4444-555555555555 -E root_owner=0:0 \
-        -d "$REF/v2" "$REF/v2.ext4" 16M || hard_error "mke2fs"
+        -d "$REF/v2" "$REF/v2.ext4" 16M >/dev/null || hard_error "mke2fs"
     qemu-img convert -q -f raw -O qcow2 "$REF/v1.ext4" "$SRC/snap.qcow2"
     qemu-img snapshot -c first "$SRC/snap.qcow2"
     qemu-img convert -q -n -f raw -O qcow2 "$REF/v2.ext4" "$SRC/snap.qcow2"
@@ -466,7 +507,7 @@ check "vfat p3: every regular file has its bytes (UTF-8 names too)" \
     bash -c "cd '$OUT/vfat' && sha256sum --quiet -c '$REF/fat.sums'"
 
 if $NTFS; then
-    check "ntfs p5: the tree copies out" gcopy multi.img p5 "$OUT/ntfs"
+    check "ntfs p5 (hibernated and dirty): the tree copies out" gcopy multi.img p5 "$OUT/ntfs"
     check "ntfs p5: every regular file has its bytes" \
         bash -c "cd '$OUT/ntfs' && sha256sum --quiet -c '$REF/fat.sums'"
 fi
@@ -495,6 +536,10 @@ jq_checks "$WORK/multi.json" "report" \
     "swap LV: not mounted, says swap" \
     '.filesystems[] | select(.view == "lvm/vg0/lvswap") | .mounted == false and (.reason | test("swap"))' \
     "LV ext4 label" '.filesystems[] | select(.view == "lvm/vg0/lvext") | .label == "vmfs-lv"'
+if $NTFS; then
+    check "report: p5 ntfs (hibernated and dirty) mounted read-only" \
+        jq_true "$WORK/multi.json" '.filesystems[] | select(.view == "p5") | .mounted == true'
+fi
 
 # ---- a hung appliance, then snapshots ------------------------------------------
 
@@ -509,11 +554,24 @@ check "its hypervisor is stopped" signal_pids STOP $hung
 t0=$SECONDS
 check_not "a listing on the hung appliance fails instead of hanging" glist snap.qcow2 disk
 check "it failed within the call timeout and a little" test $((SECONDS - t0)) -lt $((CALL_TMO + 30))
-check "the stopped hypervisor was killed" bash -c "! kill -0 $hung 2>/dev/null || ! grep -q '^State:.*T' /proc/$hung/status"
+check "the stopped hypervisor was killed" \
+    bash -c "! kill -0 $hung 2>/dev/null || ! grep -qs '^State:.*T' /proc/$hung/status"
 check "the next access gets a new appliance and copies the tree" gcopy snap.qcow2 disk "$OUT/snap-now"
 check "snap.qcow2 current: version two" same_tree "$REF/v2" "$OUT/snap-now"
 check "snap.qcow2 snapshot first: copies out" gcopy snap.qcow2@first disk "$OUT/snap-first"
 check "snap.qcow2 snapshot first: version one, without new.txt" same_tree "$REF/v1" "$OUT/snap-first"
+# Three views were used (multi.img, snap.qcow2 and its snapshot): the
+# idlest appliance made room for the third.
+at_most_two() {
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [ "$(hypervisors | wc -l)" -le 2 ] && return 0
+        sleep 0.2
+    done
+    echo "$(hypervisors | wc -l) hypervisors run"
+    return 1
+}
+check "at most max_appliances (2) appliances run" at_most_two
 
 # ---- the sources -------------------------------------------------------------
 
