@@ -937,12 +937,28 @@ static void serve_jobs(struct app *a)
         vmfs_log(VMFS_LOG_DEBUG, "guest: job %d%s on %s: %s: %d in %.1f ms", (int)j->kind,
                  j->background ? " (background)" : "", a->fs[j->fs].name, j->path, j->err,
                  (g_now() - t0) * 1000);
-        job_done(a, j);
         if (!guestfs_is_ready(a->g)) {
+            /* It died under this job.  Every job only reads, so one that
+             * failed is tried again on a new appliance, unless the
+             * watchdog killed this one for hanging: then it is an EIO. */
+            pthread_mutex_lock(&a->lock);
+            bool hung = a->kill_sent;
+            pthread_mutex_unlock(&a->lock);
             vmfs_log(VMFS_LOG_WARN, "guest: the appliance of %s died", a->t->path);
-            app_kill(a, "the appliance died", false);
+            /* The job is done and the appliance gone from the registry in
+             * one step: a waiter that tries again finds a new one. */
+            pthread_mutex_lock(&reg_lock);
+            pthread_mutex_lock(&a->lock);
+            if (j->err < 0 && !hung)
+                j->err = -EAGAIN;
+            j->state = JOB_DONE;
+            pthread_mutex_unlock(&a->lock);
+            app_kill_locked(a, "the appliance died", !hung);
+            pthread_mutex_unlock(&reg_lock);
+            job_put(j);
             return;
         }
+        job_done(a, j);
     }
 }
 
@@ -956,6 +972,13 @@ static void *worker_main(void *arg)
     pthread_mutex_unlock(&a->lock);
     fail_queued(a, retry ? -EAGAIN : -EIO);
     if (a->g) {
+        /* Nothing to save in a read-only appliance: kill it rather than
+         * ask it to stop, which a stopped or hung hypervisor would never
+         * do (libguestfs would then wait for it for ever). */
+        pthread_mutex_lock(&a->lock);
+        pid_t pid = a->pid;
+        pthread_mutex_unlock(&a->lock);
+        kill_hypervisor(a, pid);
         guestfs_close(a->g);
         a->g = NULL;
     }
