@@ -18,7 +18,15 @@ struct vmfs_config {
     size_t cache_size;
     double attr_timeout;     /* seconds the kernel may keep attributes */
     bool direct_io;          /* serve disk reads without the page cache */
+    unsigned max_read;       /* largest read request the kernel sends */
 };
+
+/* Kernel read-ahead window of the mount: several requests in flight. */
+#define VMFS_DEFAULT_READ_AHEAD ((size_t)4 << 20)
+/* The largest read request: a reply spliced from the image file must fit,
+ * with its header and a page per piece, in a pipe of the default maximum
+ * size (1 MiB, /proc/sys/fs/pipe-max-size); a larger one is copied. */
+#define VMFS_DEFAULT_MAX_READ (1u << 19)
 
 extern const struct fuse_lowlevel_ops vmfs_ops;
 void vmfs_ops_init(const struct vmfs_config *cfg);

@@ -10,12 +10,16 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <fcntl.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "fuse/fuse.h"
@@ -26,6 +30,8 @@
 struct cmdline {
     char *source;
     char *cache_size;
+    char *read_ahead;
+    unsigned max_read;
     int max_chain;
     int max_chain_set;
     int allow_external;
@@ -39,6 +45,8 @@ struct cmdline {
 static const struct fuse_opt vmfs_opts[] = {
     VMFS_OPT("allow_external_backing", allow_external, 1),
     VMFS_OPT("cache_size=%s", cache_size, 0),
+    VMFS_OPT("read_ahead=%s", read_ahead, 0),
+    VMFS_OPT("max_read=%u", max_read, 0),
     VMFS_OPT("max_chain=%d", max_chain, 0),
     VMFS_OPT("max_chain=", max_chain_set, 1),
     VMFS_OPT("direct_io", direct_io, 1),
@@ -65,6 +73,9 @@ static void usage(FILE *f)
 "  -o allow_external_backing  open backing and data files outside SOURCE\n"
 "  -o cache_size=SIZE         metadata cache budget (K, M, G; default 32M)\n"
 "  -o max_chain=N             longest backing chain followed (default %d)\n"
+"  -o read_ahead=SIZE         kernel read-ahead of the mount (default 4M;\n"
+"                             0 keeps the kernel's own)\n"
+"  -o max_read=BYTES          largest read request (default %u)\n"
 "  -o direct_io               serve disk reads without the kernel page cache\n"
 "  -o attr_timeout=SECONDS    how long the kernel keeps attributes (default 1)\n"
 "  -o idle_timeout=SECONDS    stop a guest filesystem appliance idle this long\n"
@@ -78,7 +89,7 @@ static void usage(FILE *f)
 "  -o max_threads=N           worker threads (default 10)\n"
 "  -h, --help                 this text\n"
 "  -V, --version              the version\n",
-            VMFS_DEFAULT_MAX_CHAIN);
+            VMFS_DEFAULT_MAX_CHAIN, VMFS_DEFAULT_MAX_READ);
 }
 
 static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
@@ -167,10 +178,67 @@ static int check_paths(const char *source, const char *mnt, bool *single)
     return 0;
 }
 
+/* The kernel reads ahead of a sequential reader in windows of the mount's
+ * read-ahead size (128 KiB by default), and FUSE hands the daemon one
+ * request per window.  A larger window turns a stream of 128 KiB requests
+ * into several 1 MiB requests in flight at once, which the request loop
+ * serves on several threads: fewer round trips, and compressed clusters
+ * decoded in parallel.  The window is a property of the mount's backing
+ * device (sysfs), so it is set once the mount answers; only root may. */
+struct ra_job {
+    char *mountpoint;
+    size_t bytes;
+};
+
+static void *set_read_ahead(void *arg)
+{
+    struct ra_job *j = arg;
+    struct stat mst, pst;
+    char *parent = xasprintf("%s/..", j->mountpoint);
+    if (stat(j->mountpoint, &mst) == 0 && stat(parent, &pst) == 0 && mst.st_dev != pst.st_dev) {
+        char *path = xasprintf("/sys/class/bdi/%u:%u/read_ahead_kb", major(mst.st_dev),
+                               minor(mst.st_dev));
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        char val[32];
+        int n = snprintf(val, sizeof val, "%zu\n", j->bytes >> 10);
+        if (fd < 0 || write(fd, val, (size_t)n) != n)
+            vmfs_log(VMFS_LOG_DEBUG, "read-ahead of %s left as the kernel set it: %s: %s",
+                     j->mountpoint, path, strerror(errno));
+        else
+            vmfs_log(VMFS_LOG_DEBUG, "read-ahead of %s set to %zu KiB", j->mountpoint,
+                     j->bytes >> 10);
+        if (fd >= 0)
+            close(fd);
+        free(path);
+    }
+    free(parent);
+    free(j->mountpoint);
+    free(j);
+    return NULL;
+}
+
+static void start_read_ahead(const char *mountpoint, size_t bytes)
+{
+    if (!bytes)
+        return;
+    struct ra_job *j = xmalloc(sizeof *j);
+    j->mountpoint = xstrdup(mountpoint);
+    j->bytes = bytes;
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &a, set_read_ahead, j) != 0) {
+        free(j->mountpoint);
+        free(j);
+    }
+    pthread_attr_destroy(&a);
+}
+
 /* The checks that come before mounting: 0 to go on, else the exit status
  * (after one line on stderr, or the help or version on stdout). */
 static int prepare(struct fuse_args *args, struct cmdline *c, struct fuse_cmdline_opts *fo,
-                   size_t *cache, bool *single)
+                   size_t *cache, size_t *read_ahead, bool *single)
 {
     if (fuse_opt_parse(args, c, vmfs_opts, opt_proc) < 0)
         return 1;
@@ -191,6 +259,11 @@ static int prepare(struct fuse_args *args, struct cmdline *c, struct fuse_cmdlin
     *cache = 32u << 20;
     if (c->cache_size && !parse_size(c->cache_size, cache))
         return fail("bad cache_size '%s': expected a size such as 64M", c->cache_size);
+    *read_ahead = VMFS_DEFAULT_READ_AHEAD;
+    if (c->read_ahead && (!parse_size(c->read_ahead, read_ahead) || *read_ahead > (1u << 30)))
+        return fail("bad read_ahead '%s': expected a size from 0 to 1G such as 4M", c->read_ahead);
+    if (c->max_read < 4096 || c->max_read > (1u << 20))
+        return fail("bad max_read: expected a number of bytes from 4096 to 1048576");
     if (c->max_chain_set && (c->max_chain < 1 || c->max_chain > 1000))
         return fail("bad max_chain: expected a number from 1 to 1000");
     return check_paths(c->source, fo->mountpoint, single);
@@ -199,12 +272,13 @@ static int prepare(struct fuse_args *args, struct cmdline *c, struct fuse_cmdlin
 int main(int argc, char **argv)
 {
     struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-    struct cmdline c = {.attr_timeout = 1.0};
+    struct cmdline c = {.attr_timeout = 1.0, .max_read = VMFS_DEFAULT_MAX_READ};
     struct fuse_cmdline_opts fo = {.mountpoint = NULL};
     size_t cache = 0;
     bool single = false;
     char *real = NULL;
-    int ret = prepare(&args, &c, &fo, &cache, &single);
+    size_t read_ahead = 0;
+    int ret = prepare(&args, &c, &fo, &cache, &read_ahead, &single);
     if (ret != 0) {
         ret = ret < 0 ? 0 : ret;
         goto done;
@@ -245,6 +319,7 @@ int main(int argc, char **argv)
         .cache_size = cache,
         .attr_timeout = c.attr_timeout,
         .direct_io = c.direct_io,
+        .max_read = c.max_read,
     };
     vmfs_ops_init(&cfg);
     vmfs_log_set_debug(fo.debug);
@@ -257,7 +332,8 @@ int main(int argc, char **argv)
         *e++ = *q;
     }
     *e = 0;
-    char *fsname = xasprintf("-ofsname=%s,subtype=vmfs,ro,nodev,nosuid,default_permissions", esc);
+    char *fsname = xasprintf("-ofsname=%s,subtype=vmfs,ro,nodev,nosuid,default_permissions,"
+                             "max_read=%u", esc, c.max_read);
     free(esc);
     fuse_opt_add_arg(&args, fsname);
     free(fsname);
@@ -276,6 +352,7 @@ int main(int argc, char **argv)
     /* Threads start only now: fork would have lost them. */
     struct guest_opts go = {.idle_timeout = c.idle_timeout};
     guest_init(&go);
+    start_read_ahead(fo.mountpoint, read_ahead);
     if (fo.singlethread) {
         ret = fuse_session_loop(se);
     } else {
@@ -297,6 +374,7 @@ done:
     free(fo.mountpoint);
     free(c.source);
     free(c.cache_size);
+    free(c.read_ahead);
     fuse_opt_free_args(&args);
     return ret ? 1 : 0;
 }

@@ -512,6 +512,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
     if (conn->capable & FUSE_CAP_SPLICE_WRITE)
         conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
     conn->want &= ~(unsigned)FUSE_CAP_SPLICE_READ;
+    conn->max_read = cfg.max_read;   /* must match the mount option */
 }
 
 /* Looks name up in parent p and fills e; the child's lookup count goes up

@@ -31,7 +31,7 @@ succeeds_with() {
     grep -qE -- "$1" <<<"$out" || { echo "$*: output lacks /$1/:"; echo "$out"; return 1; }
 }
 check "vmfs --help exits 0 and shows the usage" succeeds_with 'SOURCE.*MOUNTPOINT' "$VMFS" --help
-for o in allow_external_backing cache_size max_chain; do
+for o in allow_external_backing cache_size max_chain read_ahead; do
     check "vmfs --help documents -o $o" succeeds_with "$o" "$VMFS" --help
 done
 check "vmfs --version exits 0 and prints the version" succeeds_with "vmfs.*${VERSION:-[0-9]}" "$VMFS" --version
@@ -73,6 +73,10 @@ refused "unknown short option" -Y "$SRC" "$MNT"
 refused "unknown -o option" -o no_such_option "$SRC" "$MNT"
 refused "-o cache_size without a size" -o cache_size=lots "$SRC" "$MNT"
 refused "-o cache_size with a bad suffix" -o cache_size=12Q "$SRC" "$MNT"
+refused "-o read_ahead not a size" -o read_ahead=fast "$SRC" "$MNT"
+refused "-o read_ahead above 1G" -o read_ahead=2G "$SRC" "$MNT"
+refused "-o max_read too small" -o max_read=512 "$SRC" "$MNT"
+refused "-o max_read above 1 MiB" -o max_read=4194304 "$SRC" "$MNT"
 refused "-o max_chain not a number" -o max_chain=deep "$SRC" "$MNT"
 refused "-o max_chain negative" -o max_chain=-1 "$SRC" "$MNT"
 refused "missing SOURCE with -f" -f "$WORK/no-such-dir" "$MNT"
@@ -116,7 +120,7 @@ if check "vmfs without -f daemonizes and returns 0 once mounted" daemonized; the
 fi
 
 # Foreground with options, some after the operands as mount.fuse3 passes them.
-for opts in "-s" "-o cache_size=1M" "-o cache_size=64K,max_chain=2" "-o allow_external_backing" \
+for opts in "-s" "-o max_read=65536" "-o max_read=1048576" "-o cache_size=1M" "-o cache_size=64K,max_chain=2" "-o allow_external_backing" \
     "-o max_chain=2" "-d"; do
     # shellcheck disable=SC2086
     if vmfs_mount "$SRC" "$MNT" $opts; then
@@ -127,6 +131,42 @@ for opts in "-s" "-o cache_size=1M" "-o cache_size=64K,max_chain=2" "-o allow_ex
     fi
 done
 check "-d logs FUSE requests on stderr" test -s "$VMFS_LOG"
+
+# The mount's kernel read-ahead window (root only: it lives in sysfs).
+# read_ahead_is KB: the bdi of the mount at $MNT reads ahead KB KiB.
+read_ahead_is() {
+    local dev kb i
+    dev=$(mountpoint -d "$MNT") || return 1
+    for ((i = 0; i < 50; i++)); do # set by the daemon once the mount answers
+        kb=$(cat "/sys/class/bdi/$dev/read_ahead_kb") || return 1
+        [ "$kb" = "$1" ] && return 0
+        sleep 0.1
+    done
+    echo "read_ahead_kb of $dev is $kb, expected $1"
+    return 1
+}
+if [ "$(id -u)" = 0 ] && [ -d /sys/class/bdi ]; then
+    for ra in "":4096 read_ahead=1M:1024 read_ahead=512K:512; do
+        opt=${ra%%:*} kb=${ra##*:}
+        if vmfs_mount "$SRC" "$MNT" ${opt:+-o "$opt"}; then
+            check "vmfs ${opt:-(default)}: the mount reads ahead $kb KiB" read_ahead_is "$kb"
+            check "vmfs ${opt:-(default)}: reads right" reads_right
+            vmfs_umount "$MNT"
+        else
+            not_ok "vmfs -o ${opt:-(default)} mounts"
+        fi
+    done
+    # read_ahead=0 leaves the kernel's window, whatever this kernel's is.
+    if vmfs_mount "$SRC" "$MNT" -o read_ahead=0; then
+        check "vmfs -o read_ahead=0: reads right" reads_right
+        check_not "vmfs -o read_ahead=0: the window is not vmfs's default" read_ahead_is 4096
+        vmfs_umount "$MNT"
+    else
+        not_ok "vmfs -o read_ahead=0 mounts"
+    fi
+else
+    echo "# read_ahead: not checked (needs root to set a mount's read-ahead)"
+fi
 fg_after() {
     "$VMFS" "$SRC" "$MNT" -o ro -f >"$WORK/fg.log" 2>&1 </dev/null &
     local pid=$! i
