@@ -36,6 +36,7 @@ struct loop {
     pthread_mutex_t lock;        /* guards everything below */
     pthread_cond_t wake;         /* followers wait here to lead */
     pthread_cond_t dog;          /* the watchdog waits here */
+    bool dog_asleep;             /* ...without a timeout: wake it for work */
     bool reading;                /* a leader is reading, or about to */
     unsigned threads, busy;      /* started, serving a request */
     pthread_t *tids;
@@ -104,7 +105,10 @@ static void *worker(void *arg)
             end_session(l);
             break;
         }
-        if (l->busy++ == 0)
+        /* The watchdog looks by itself while it is awake: waking it for
+         * every request of a lone reader would cost two context
+         * switches per request. */
+        if (l->busy++ == 0 && l->dog_asleep)
             pthread_cond_signal(&l->dog);
         if (queued(l->fd))
             pass_lead(l);
@@ -125,7 +129,9 @@ static void *watchdog(void *arg)
     pthread_mutex_lock(&l->lock);
     while (!l->stop) {
         if (l->busy == 0) {
+            l->dog_asleep = true;
             pthread_cond_wait(&l->dog, &l->lock);
+            l->dog_asleep = false;
             continue;
         }
         struct timespec t;
