@@ -16,7 +16,7 @@
 #include <pthread.h>
 #include <stdio.h>
 
-#include "vmfs/cache.h"
+#include "fmt/table.h"
 #include "vmfs/fmt.h"
 #include "vmfs/report.h"
 
@@ -32,7 +32,7 @@
 #define QED_MAX_BACKING_NAME 4095u
 #define QED_MAX_SIZE (1ull << 56)          /* larger virtual sizes are refused */
 #define QED_CLUSTER_ZERO 1u
-#define QED_SLICE 4096u                   /* table bytes per cache entry */
+#define QED_ENTRY 8u                      /* bytes per table entry */
 #define QED_KEY_L1 (1ull << 62)
 #define QED_MAX_REPORTED 16u
 
@@ -54,7 +54,7 @@ struct qed {
     uint64_t header_end;     /* clusters below this hold the header */
     uint64_t file_end;       /* file size rounded down to a cluster */
     uint64_t l1_used;        /* L1 entries the virtual size needs */
-    uint64_t l1_avail;       /* of those, entries inside the file */
+    struct vtab l1;          /* count: of those, entries inside the file */
 
     pthread_mutex_t plock;
     uint64_t reported[QED_MAX_REPORTED];
@@ -123,7 +123,7 @@ static int check_sizes(struct qed *q)
     q->cs = h->cluster_size;
     q->cbits = (unsigned)__builtin_ctz(h->cluster_size);
     q->table_bytes = (uint64_t)h->table_size * h->cluster_size;
-    q->nelems = q->table_bytes / 8;
+    q->nelems = q->table_bytes / QED_ENTRY;
     q->ebits = (unsigned)__builtin_ctzll(q->nelems);
     q->header_end = (uint64_t)h->header_size * h->cluster_size;
     q->file_end = l->file->size & ~(q->cs - 1);
@@ -158,6 +158,14 @@ static int check_features(struct qed *q)
     return 0;
 }
 
+/* An L1 or L2 table: 64-bit little-endian cluster offsets.  L1 slices are
+ * told apart from L2 slices in the cache by key_tag. */
+static struct vtab qed_table(uint64_t off, uint64_t count, uint64_t key_tag)
+{
+    return (struct vtab){.off = off, .count = count, .width = QED_ENTRY, .order = VTAB_LE,
+                         .key_tag = key_tag};
+}
+
 /* The L1 table must start on a cluster after the header; entries the file
  * does not hold become error runs. */
 static int check_l1(struct qed *q)
@@ -170,10 +178,10 @@ static int check_l1(struct qed *q)
     }
     uint64_t span_bits = q->cbits + q->ebits;
     q->l1_used = span_bits >= 64 ? 1 : (q->l->size + (1ull << span_bits) - 1) >> span_bits;
-    q->l1_avail = off >= fsize ? 0 : VMFS_MIN(q->l1_used, (fsize - off) / 8);
-    if (q->l1_avail < q->l1_used)
+    q->l1 = qed_table(off, vtab_avail(off, q->l1_used, QED_ENTRY, fsize), QED_KEY_L1);
+    if (q->l1.count < q->l1_used)
         vlayer_problem(q->l, "L1 table at 0x%" PRIx64 ": entries %" PRIu64 " to %" PRIu64
-                       " lie past the end of the file", off, q->l1_avail, q->l1_used - 1);
+                       " lie past the end of the file", off, q->l1.count, q->l1_used - 1);
     return 0;
 }
 
@@ -267,57 +275,6 @@ static int qed_probe(const uint8_t *head, size_t len, uint64_t file_size, const 
  * Mapping
  * ---------------------------------------------------------------------- */
 
-struct cur {
-    struct vcache_entry *ent;
-    const uint8_t *data;
-    uint64_t key;
-};
-
-static void cur_release(struct cur *c)
-{
-    if (c->ent)
-        vcache_release(c->ent);
-    c->ent = NULL;
-}
-
-struct fill_arg {
-    struct vsrc *file;
-    uint64_t off;
-};
-
-/* Reads size bytes at off; what lies past the end of the file reads as
- * zeros (callers never look at it). */
-static int fill_clipped(void *arg, void *buf, size_t size)
-{
-    struct fill_arg *a = arg;
-    uint64_t fsize = a->file->size;
-    size_t have = a->off >= fsize ? 0 : (size_t)VMFS_MIN((uint64_t)size, fsize - a->off);
-    memset((uint8_t *)buf + have, 0, size - have);
-    return have ? vsrc_pread(a->file, buf, have, a->off) : 0;
-}
-
-/* Entry idx of the table at table_off, through the cursor's slice. */
-static int table_entry(struct qed *q, struct cur *c, uint64_t key_base, uint64_t table_off,
-                       uint64_t idx, uint64_t *e)
-{
-    uint64_t slice_off = idx * 8 / QED_SLICE * QED_SLICE;
-    uint64_t key = key_base | (table_off + slice_off);
-    if (!c->ent || c->key != key) {
-        cur_release(c);
-        struct fill_arg a = {q->l->file, table_off + slice_off};
-        const void *data;
-        int r = vcache_get(q->l->cache_owner, key, QED_SLICE, fill_clipped, &a, &data, &c->ent);
-        if (r < 0) {
-            c->ent = NULL;
-            return r;
-        }
-        c->data = data;
-        c->key = key;
-    }
-    *e = get_le64(c->data + idx * 8 % QED_SLICE);
-    return 0;
-}
-
 /* What a stretch of the disk is: kind, length from the asked position, and
  * for data the file offset there. */
 struct piece {
@@ -333,13 +290,12 @@ static bool cluster_ok(const struct qed *q, uint64_t off)
 
 /* The L2 table of L1 entry i: *l2 = 0 when unallocated; false when the
  * entry is damaged (reported once) or past the end of the file. */
-static int l1_lookup(struct qed *q, struct cur *c, uint64_t i, uint64_t *l2, bool *ok)
+static int l1_lookup(struct qed *q, struct vtab_cur *c, uint64_t i, uint64_t *l2, bool *ok)
 {
+    bool read;
+    int r = vtab_entry(q->l, c, &q->l1, i, l2, &read);
     *ok = false;
-    if (i >= q->l1_avail)
-        return 0;
-    int r = table_entry(q, c, QED_KEY_L1, q->h.l1_off, i, l2);
-    if (r < 0)
+    if (r < 0 || !read)
         return r;
     uint64_t end = *l2 + q->table_bytes - q->cs;
     if (*l2 == 0 || (cluster_ok(q, *l2) && end >= *l2 && cluster_ok(q, end))) {
@@ -373,7 +329,7 @@ static void cluster_piece(struct qed *q, uint64_t ci, uint64_t e, uint64_t in,
 
 /* The piece at pos: a cluster, or the rest of an L1 span that has no (or
  * a damaged) L2 table. */
-static int piece_at(struct qed *q, struct cur *c1, struct cur *c2, uint64_t pos,
+static int piece_at(struct qed *q, struct vtab_cur *c1, struct vtab_cur *c2, uint64_t pos,
                     struct piece *p)
 {
     uint64_t span_bits = q->cbits + q->ebits;
@@ -389,11 +345,18 @@ static int piece_at(struct qed *q, struct cur *c1, struct cur *c2, uint64_t pos,
         p->len = span_end - pos;
         return 0;
     }
-    uint64_t ci = pos >> q->cbits, e;
-    r = table_entry(q, c2, 0, l2, ci & (q->nelems - 1), &e);
+    /* l1_lookup checked that the whole L2 table lies inside the file. */
+    struct vtab t2 = qed_table(l2, q->nelems, 0);
+    uint64_t ci = pos >> q->cbits, in = pos & (q->cs - 1), e;
+    r = vtab_entry(q->l, c2, &t2, ci & (q->nelems - 1), &e, &ok);
     if (r < 0)
         return r;
-    cluster_piece(q, ci, e, pos & (q->cs - 1), p);
+    if (ok) {
+        cluster_piece(q, ci, e, in, p);
+    } else {
+        p->kind = VRUN_ERROR;
+        p->len = q->cs - in;
+    }
     return 0;
 }
 
@@ -407,7 +370,7 @@ static bool extends(const struct vrun *run, const struct piece *p)
 static int qed_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
 {
     struct qed *q = l->priv;
-    struct cur c1 = {0}, c2 = {0};
+    struct vtab_cur c1 = {0}, c2 = {0};
     struct piece p;
     int r = piece_at(q, &c1, &c2, off, &p);
     if (r == 0) {
@@ -423,8 +386,8 @@ static int qed_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *ru
             break;
         run->len += VMFS_MIN(p.len, len - run->len);
     }
-    cur_release(&c1);
-    cur_release(&c2);
+    vtab_cur_release(&c1);
+    vtab_cur_release(&c2);
     return r;
 }
 

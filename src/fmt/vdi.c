@@ -17,7 +17,7 @@
 #include <pthread.h>
 #include <stdio.h>
 
-#include "vmfs/cache.h"
+#include "fmt/table.h"
 #include "vmfs/fmt.h"
 #include "vmfs/report.h"
 
@@ -33,7 +33,7 @@
 #define VDI_MAX_BLOCK (1u << 30)
 #define VDI_MAX_EXTRA (1u << 30)
 #define VDI_MAX_SIZE (64ull << 40)        /* larger virtual sizes are refused */
-#define VDI_SLICE 4096u                   /* block map bytes per cache entry */
+#define VDI_ENTRY 4u                      /* bytes per block map entry */
 #define VDI_MAX_REPORTED 16u
 
 enum vdi_type { VDI_NORMAL = 1, VDI_FIXED = 2, VDI_UNDO = 3, VDI_DIFF = 4 };
@@ -55,7 +55,7 @@ struct vdi {
     unsigned block_bits;
     uint64_t stride;          /* block_size + block_extra */
     uint64_t map_used;        /* entries the virtual size needs */
-    uint64_t map_avail;       /* of those, entries inside the file */
+    struct vtab map;          /* the block map; count: entries inside the file */
     bool has_parent;
 
     pthread_mutex_t plock;
@@ -198,10 +198,12 @@ static void check_map(struct vdi *d)
                        "for the %" PRIu64 "-byte disk: reads past %" PRIu64 " bytes fail",
                        h->blocks, h->block_size, h->disk_size,
                        (uint64_t)h->blocks * h->block_size);
-    d->map_avail = h->off_bmap >= fsize ? 0 : VMFS_MIN(d->map_used, (fsize - h->off_bmap) / 4);
-    if (d->map_avail < d->map_used)
+    /* 32-bit little-endian block indexes; the only table in the cache. */
+    d->map = (struct vtab){.off = h->off_bmap, .width = VDI_ENTRY, .order = VTAB_LE,
+                           .count = vtab_avail(h->off_bmap, d->map_used, VDI_ENTRY, fsize)};
+    if (d->map.count < d->map_used)
         vlayer_problem(l, "block map at 0x%" PRIx32 ": entries %" PRIu64 " to %" PRIu64
-                       " lie past the end of the file", h->off_bmap, d->map_avail,
+                       " lie past the end of the file", h->off_bmap, d->map.count,
                        d->map_used - 1);
 }
 
@@ -278,58 +280,14 @@ static int vdi_probe(const uint8_t *head, size_t len, uint64_t file_size, const 
  * Mapping
  * ---------------------------------------------------------------------- */
 
-struct cur {
-    struct vcache_entry *ent;
-    const uint8_t *data;
-    uint64_t key;
-};
-
-static void cur_release(struct cur *c)
-{
-    if (c->ent)
-        vcache_release(c->ent);
-    c->ent = NULL;
-}
-
-struct fill_arg {
-    struct vsrc *file;
-    uint64_t off;
-};
-
-/* Reads size bytes at off; what lies past the end of the file reads as
- * zeros (callers never look at it). */
-static int fill_clipped(void *arg, void *buf, size_t size)
-{
-    struct fill_arg *a = arg;
-    uint64_t fsize = a->file->size;
-    size_t have = a->off >= fsize ? 0 : (size_t)VMFS_MIN((uint64_t)size, fsize - a->off);
-    memset((uint8_t *)buf + have, 0, size - have);
-    return have ? vsrc_pread(a->file, buf, have, a->off) : 0;
-}
-
 /* The block map entry of block blk; false (reported at open) when the map
  * does not cover it or it lies past the end of the file. */
-static int map_entry(struct vdi *d, struct cur *c, uint64_t blk, uint32_t *e, bool *ok)
+static int map_entry(struct vdi *d, struct vtab_cur *c, uint64_t blk, uint32_t *e, bool *ok)
 {
-    *ok = false;
-    if (blk >= d->map_avail)
-        return 0;
-    uint64_t slice = blk * 4 / VDI_SLICE;
-    if (!c->ent || c->key != slice) {
-        cur_release(c);
-        struct fill_arg a = {d->l->file, d->h.off_bmap + slice * VDI_SLICE};
-        const void *data;
-        int r = vcache_get(d->l->cache_owner, slice, VDI_SLICE, fill_clipped, &a, &data, &c->ent);
-        if (r < 0) {
-            c->ent = NULL;
-            return r;
-        }
-        c->data = data;
-        c->key = slice;
-    }
-    *e = get_le32(c->data + blk * 4 % VDI_SLICE);
-    *ok = true;
-    return 0;
+    uint64_t v;
+    int r = vtab_entry(d->l, c, &d->map, blk, &v, ok);
+    *e = (uint32_t)v;    /* 32-bit entries */
+    return r;
 }
 
 static bool is_hole(uint32_t e) { return e >= VDI_DISCARDED; }
@@ -342,7 +300,7 @@ static enum vrun_kind hole_kind(const struct vdi *d, uint32_t e)
 }
 
 /* Holes from block blk on (in bytes into the first), up to len bytes. */
-static int hole_run(struct vdi *d, struct cur *c, uint64_t blk, uint32_t e, uint64_t in,
+static int hole_run(struct vdi *d, struct vtab_cur *c, uint64_t blk, uint32_t e, uint64_t in,
                     uint64_t len, struct vrun *run)
 {
     enum vrun_kind kind = hole_kind(d, e);
@@ -377,7 +335,7 @@ static bool block_pos(const struct vdi *d, uint32_t e, uint64_t *pos)
 }
 
 /* Allocated blocks from blk on whose data follow each other in the file. */
-static int data_run(struct vdi *d, struct cur *c, uint64_t blk, uint32_t e, uint64_t in,
+static int data_run(struct vdi *d, struct vtab_cur *c, uint64_t blk, uint32_t e, uint64_t in,
                     uint64_t len, struct vrun *run)
 {
     uint64_t pos;
@@ -415,7 +373,7 @@ static int data_run(struct vdi *d, struct cur *c, uint64_t blk, uint32_t e, uint
 static int vdi_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
 {
     struct vdi *d = l->priv;
-    struct cur c = {0};
+    struct vtab_cur c = {0};
     uint64_t blk = off >> d->block_bits;
     uint64_t in = off & (d->h.block_size - 1);
     uint32_t e = 0;
@@ -429,7 +387,7 @@ static int vdi_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *ru
         r = is_hole(e) ? hole_run(d, &c, blk, e, in, len, run)
                        : data_run(d, &c, blk, e, in, len, run);
     }
-    cur_release(&c);
+    vtab_cur_release(&c);
     return r;
 }
 

@@ -24,7 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "vmfs/cache.h"
+#include "fmt/table.h"
 #include "vmfs/fmt.h"
 #include "vmfs/report.h"
 
@@ -39,13 +39,13 @@
 #define VHD_MAX_GEOMETRY (65535ull * 16 * 255)  /* sectors: "use current size" */
 #define VHD_MAX_SIZE (64ull << 40)          /* larger virtual sizes are refused */
 #define VHD_MAX_BLOCK (1u << 31)
-#define VHD_SLICE 4096u                     /* BAT bytes per cache entry */
+#define VHD_ENTRY 4u                        /* bytes per BAT entry */
 #define VHD_NLOC 8u
 #define VHD_MAX_LOCATOR 65536u              /* bytes of one parent locator */
 #define VHD_EPOCH 946684800                 /* 2000-01-01 00:00:00 UTC */
 #define VHD_MAX_REPORTED 16u
 
-/* Cache keys: BAT slices by index, sector bitmaps by file offset. */
+/* Cache keys: BAT slices and sector bitmaps by file offset. */
 #define VHD_KEY_BAT (1ull << 62)
 #define VHD_KEY_BITMAP (2ull << 62)
 
@@ -95,7 +95,7 @@ struct vhd {
     unsigned block_bits;
     bool dyn_sum_ok;
     uint64_t bat_used;          /* entries the virtual size needs, <= max_entries */
-    uint64_t bat_avail;         /* of those, entries inside the file */
+    struct vtab bat;            /* the BAT; count: of those, entries inside the file */
     uint8_t parent_uuid[16];
     uint32_t parent_ts;
     char *parent_name;
@@ -530,10 +530,13 @@ static void check_bat(struct vhd *v)
                        "for the %" PRIu64 "-byte disk: reads past %" PRIu64 " bytes fail",
                        v->max_entries, v->block_size, l->size,
                        (uint64_t)v->max_entries * v->block_size);
-    v->bat_avail = v->bat_off >= fsize ? 0 : VMFS_MIN(v->bat_used, (fsize - v->bat_off) / 4);
-    if (v->bat_avail < v->bat_used)
+    /* 32-bit big-endian sector numbers. */
+    v->bat = (struct vtab){.off = v->bat_off, .width = VHD_ENTRY, .order = VTAB_BE,
+                           .count = vtab_avail(v->bat_off, v->bat_used, VHD_ENTRY, fsize),
+                           .key_tag = VHD_KEY_BAT};
+    if (v->bat.count < v->bat_used)
         vlayer_problem(l, "block table at 0x%" PRIx64 ": entries %" PRIu64 " to %" PRIu64
-                       " lie past the end of the file", v->bat_off, v->bat_avail,
+                       " lie past the end of the file", v->bat_off, v->bat.count,
                        v->bat_used - 1);
 }
 
@@ -700,74 +703,23 @@ static int fixed_map(struct vhd *v, uint64_t off, uint64_t len, struct vrun *run
     return 0;
 }
 
-/* A held cache entry while walking consecutive blocks. */
-struct cur {
-    struct vcache_entry *ent;
-    const uint8_t *data;
-    uint64_t key;
-};
-
-static void cur_release(struct cur *c)
-{
-    if (c->ent)
-        vcache_release(c->ent);
-    c->ent = NULL;
-}
-
-struct fill_arg {
-    struct vsrc *file;
-    uint64_t off;
-};
-
-/* Reads size bytes at off; what lies past the end of the file reads as
- * zeros (callers never look at it). */
-static int fill_clipped(void *arg, void *buf, size_t size)
-{
-    struct fill_arg *a = arg;
-    uint64_t fsize = a->file->size;
-    size_t have = a->off >= fsize ? 0 : (size_t)VMFS_MIN((uint64_t)size, fsize - a->off);
-    memset((uint8_t *)buf + have, 0, size - have);
-    return have ? vsrc_pread(a->file, buf, have, a->off) : 0;
-}
-
-static int cur_get(struct vhd *v, struct cur *c, uint64_t key, uint64_t off, size_t size)
-{
-    if (c->ent && c->key == key)
-        return 0;
-    cur_release(c);
-    struct fill_arg a = {v->l->file, off};
-    const void *data;
-    int r = vcache_get(v->l->cache_owner, key, size, fill_clipped, &a, &data, &c->ent);
-    if (r < 0) {
-        c->ent = NULL;
-        return r;
-    }
-    c->data = data;
-    c->key = key;
-    return 0;
-}
-
 enum bat_state { BAT_OK, BAT_BAD };
 
 /* The BAT entry of block blk: BAT_BAD (already reported at open) when the
  * table does not cover it or it lies past the end of the file. */
-static int bat_entry(struct vhd *v, struct cur *c, uint64_t blk, uint32_t *e,
+static int bat_entry(struct vhd *v, struct vtab_cur *c, uint64_t blk, uint32_t *e,
                      enum bat_state *st)
 {
-    *st = BAT_BAD;
-    if (blk >= v->bat_avail)
-        return 0;
-    uint64_t slice = blk * 4 / VHD_SLICE;
-    int r = cur_get(v, c, VHD_KEY_BAT | slice, v->bat_off + slice * VHD_SLICE, VHD_SLICE);
-    if (r < 0)
-        return r;
-    *e = get_be32(c->data + blk * 4 % VHD_SLICE);
-    *st = BAT_OK;
-    return 0;
+    uint64_t val;
+    bool ok;
+    int r = vtab_entry(v->l, c, &v->bat, blk, &val, &ok);
+    *e = (uint32_t)val;    /* 32-bit entries */
+    *st = r == 0 && ok ? BAT_OK : BAT_BAD;
+    return r;
 }
 
 /* Unallocated blocks from blk on (in at the first), up to len bytes. */
-static int unused_run(struct vhd *v, struct cur *c, uint64_t blk, uint64_t in, uint64_t len,
+static int unused_run(struct vhd *v, struct vtab_cur *c, uint64_t blk, uint64_t in, uint64_t len,
                       struct vrun *run)
 {
     uint64_t n = v->block_size - in;
@@ -829,7 +781,7 @@ static uint64_t bits_same_until(const uint8_t *bm, uint64_t s, uint64_t end)
 
 /* A differencing block: sectors its bitmap marks are here, the others in
  * the parent. */
-static int diff_block(struct vhd *v, struct cur *c, uint64_t blk, uint64_t base, uint64_t in,
+static int diff_block(struct vhd *v, struct vtab_cur *c, uint64_t blk, uint64_t base, uint64_t in,
                       uint64_t want, struct vrun *run)
 {
     if (!range_in(base, v->bitmap_size, v->l->file->size)) {
@@ -839,7 +791,7 @@ static int diff_block(struct vhd *v, struct cur *c, uint64_t blk, uint64_t base,
         set_run(run, VRUN_ERROR, want);
         return 0;
     }
-    int r = cur_get(v, c, VHD_KEY_BITMAP | base, base, v->bitmap_size);
+    int r = vtab_cur_get(v->l, c, VHD_KEY_BITMAP | base, base, v->bitmap_size);
     if (r < 0)
         return r;
     uint64_t s = in / VHD_SECTOR;
@@ -853,7 +805,7 @@ static int diff_block(struct vhd *v, struct cur *c, uint64_t blk, uint64_t base,
     return 0;
 }
 
-static int dyn_map_cur(struct vhd *v, struct cur *c, uint64_t off, uint64_t len,
+static int dyn_map_cur(struct vhd *v, struct vtab_cur *c, uint64_t off, uint64_t len,
                        struct vrun *run)
 {
     uint64_t blk = off >> v->block_bits;
@@ -872,7 +824,7 @@ static int dyn_map_cur(struct vhd *v, struct cur *c, uint64_t off, uint64_t len,
     uint64_t base = (uint64_t)e * VHD_SECTOR;
     uint64_t want = VMFS_MIN(len, v->block_size - in);
     if (v->f.type == VHD_TYPE_DIFF) {
-        cur_release(c);
+        vtab_cur_release(c);
         return diff_block(v, c, blk, base, in, want, run);
     }
     /* Like qemu, a dynamic disk reads the whole block as stored. */
@@ -885,9 +837,9 @@ static int vhd_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *ru
     struct vhd *v = l->priv;
     if (v->f.type == VHD_TYPE_FIXED)
         return fixed_map(v, off, len, run);
-    struct cur c = {0};
+    struct vtab_cur c = {0};
     int r = dyn_map_cur(v, &c, off, len, run);
-    cur_release(&c);
+    vtab_cur_release(&c);
     return r;
 }
 
