@@ -7,15 +7,15 @@
  *
  * Threads: open and close run alone.  map and report run on many threads
  * at once; they read state fixed at open, L1 and L2 table slices come from
- * the shared cache, and plock guards only the list of damage already
- * reported (taken on error paths). */
+ * the shared cache, and the list of damage already reported has its own
+ * lock (damage.h, taken on error paths). */
 #include "config.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 
+#include "fmt/damage.h"
 #include "fmt/table.h"
 #include "vmfs/fmt.h"
 #include "vmfs/report.h"
@@ -34,7 +34,6 @@
 #define QED_CLUSTER_ZERO 1u
 #define QED_ENTRY 8u                      /* bytes per table entry */
 #define QED_KEY_L1 (1ull << 62)
-#define QED_MAX_REPORTED 16u
 
 struct qed_header {
     uint32_t cluster_size, table_size, header_size;
@@ -56,32 +55,8 @@ struct qed {
     uint64_t l1_used;        /* L1 entries the virtual size needs */
     struct vtab l1;          /* count: of those, entries inside the file */
 
-    pthread_mutex_t plock;
-    uint64_t reported[QED_MAX_REPORTED];
-    size_t nreported;
-    bool reported_full;
+    struct vdamage damage;   /* problems met while mapping, each reported once */
 };
-
-/* True the first time key is seen: the caller then reports the damage. */
-static bool first_report(struct qed *q, uint64_t key)
-{
-    bool first = true, overflow = false;
-    pthread_mutex_lock(&q->plock);
-    for (size_t i = 0; i < q->nreported && first; i++)
-        if (q->reported[i] == key)
-            first = false;
-    if (first && q->nreported < QED_MAX_REPORTED) {
-        q->reported[q->nreported++] = key;
-    } else if (first) {
-        first = false;
-        overflow = !q->reported_full;
-        q->reported_full = true;
-    }
-    pthread_mutex_unlock(&q->plock);
-    if (overflow)
-        vlayer_problem(q->l, "more damage found; further problems are not listed");
-    return first;
-}
 
 static void parse_header(const uint8_t *b, struct qed_header *h)
 {
@@ -217,7 +192,7 @@ static void qed_close(struct vlayer *l)
     struct qed *q = l->priv;
     if (!q)
         return;
-    pthread_mutex_destroy(&q->plock);
+    vdamage_destroy(&q->damage);
     free(q);
     l->priv = NULL;
 }
@@ -248,7 +223,7 @@ static int qed_open(struct vlayer *l)
 {
     struct qed *q = xcalloc(1, sizeof(*q));
     q->l = l;
-    pthread_mutex_init(&q->plock, NULL);
+    vdamage_init(&q->damage);
     l->priv = q;
     int r = read_header(q);
     if (r == 0)
@@ -300,7 +275,7 @@ static int l1_lookup(struct qed *q, struct vtab_cur *c, uint64_t i, uint64_t *l2
     uint64_t end = *l2 + q->table_bytes - q->cs;
     if (*l2 == 0 || (cluster_ok(q, *l2) && end >= *l2 && cluster_ok(q, end))) {
         *ok = true;
-    } else if (first_report(q, QED_KEY_L1 | i)) {
+    } else if (vdamage_first(&q->damage, q->l, QED_KEY_L1 | i)) {
         vlayer_problem(q->l, "L1 entry %" PRIu64 " (guest offset 0x%" PRIx64 "): L2 table "
                        "offset 0x%" PRIx64 " is not a cluster inside the file", i,
                        i << (q->cbits + q->ebits), *l2);
@@ -321,7 +296,7 @@ static void cluster_piece(struct qed *q, uint64_t ci, uint64_t e, uint64_t in,
         p->src_off = e + in;
     } else {
         p->kind = VRUN_ERROR;
-        if (first_report(q, ci))
+        if (vdamage_first(&q->damage, q->l, ci))
             vlayer_problem(q->l, "guest offset 0x%" PRIx64 ": data cluster offset 0x%" PRIx64
                            " is not a cluster inside the file", ci << q->cbits, e);
     }

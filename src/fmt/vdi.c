@@ -8,15 +8,15 @@
  *
  * Threads: open and close run alone.  map and report run on many threads
  * at once; they read state fixed at open, block map slices come from the
- * shared cache, and plock guards only the list of damage already reported
- * (taken on error paths). */
+ * shared cache, and the list of damage already reported has its own lock
+ * (damage.h, taken on error paths). */
 #include "config.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 
+#include "fmt/damage.h"
 #include "fmt/table.h"
 #include "vmfs/fmt.h"
 #include "vmfs/report.h"
@@ -34,7 +34,6 @@
 #define VDI_MAX_EXTRA (1u << 30)
 #define VDI_MAX_SIZE (64ull << 40)        /* larger virtual sizes are refused */
 #define VDI_ENTRY 4u                      /* bytes per block map entry */
-#define VDI_MAX_REPORTED 16u
 
 enum vdi_type { VDI_NORMAL = 1, VDI_FIXED = 2, VDI_UNDO = 3, VDI_DIFF = 4 };
 
@@ -58,32 +57,8 @@ struct vdi {
     struct vtab map;          /* the block map; count: entries inside the file */
     bool has_parent;
 
-    pthread_mutex_t plock;
-    uint64_t reported[VDI_MAX_REPORTED];
-    size_t nreported;
-    bool reported_full;
+    struct vdamage damage;   /* problems met while mapping, each reported once */
 };
-
-/* True the first time key is seen: the caller then reports the damage. */
-static bool first_report(struct vdi *d, uint64_t key)
-{
-    bool first = true, overflow = false;
-    pthread_mutex_lock(&d->plock);
-    for (size_t i = 0; i < d->nreported && first; i++)
-        if (d->reported[i] == key)
-            first = false;
-    if (first && d->nreported < VDI_MAX_REPORTED) {
-        d->reported[d->nreported++] = key;
-    } else if (first) {
-        first = false;
-        overflow = !d->reported_full;
-        d->reported_full = true;
-    }
-    pthread_mutex_unlock(&d->plock);
-    if (overflow)
-        vlayer_problem(d->l, "more damage found; further problems are not listed");
-    return first;
-}
 
 static bool uuid_null(const uint8_t u[16])
 {
@@ -224,7 +199,7 @@ static void vdi_close(struct vlayer *l)
     struct vdi *d = l->priv;
     if (!d)
         return;
-    pthread_mutex_destroy(&d->plock);
+    vdamage_destroy(&d->damage);
     free(d);
     l->priv = NULL;
 }
@@ -254,7 +229,7 @@ static int vdi_open(struct vlayer *l)
 {
     struct vdi *d = xcalloc(1, sizeof(*d));
     d->l = l;
-    pthread_mutex_init(&d->plock, NULL);
+    vdamage_init(&d->damage);
     l->priv = d;
     int r = read_header(d);
     if (r == 0)
@@ -340,7 +315,7 @@ static int data_run(struct vdi *d, struct vtab_cur *c, uint64_t blk, uint32_t e,
 {
     uint64_t pos;
     if (!block_pos(d, e, &pos)) {
-        if (first_report(d, blk))
+        if (vdamage_first(&d->damage, d->l, blk))
             vlayer_problem(d->l, "block %" PRIu64 " (guest offset 0x%" PRIx64 "): data block %"
                            PRIu32 " lies past the end of the file", blk, blk << d->block_bits, e);
         run->kind = VRUN_ERROR;

@@ -11,19 +11,19 @@
  *
  * Threads: open and close run alone.  map, map_alloc and report run on many
  * threads at once; they read state fixed at open, BAT slices and sector
- * bitmaps come from the shared cache, and plock guards only the list of
- * damage already reported (taken on error paths). */
+ * bitmaps come from the shared cache, and the list of damage already
+ * reported has its own lock (damage.h, taken on error paths). */
 #include "config.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "fmt/damage.h"
 #include "fmt/table.h"
 #include "vmfs/fmt.h"
 #include "vmfs/report.h"
@@ -43,7 +43,6 @@
 #define VHD_NLOC 8u
 #define VHD_MAX_LOCATOR 65536u              /* bytes of one parent locator */
 #define VHD_EPOCH 946684800                 /* 2000-01-01 00:00:00 UTC */
-#define VHD_MAX_REPORTED 16u
 
 /* Cache keys: BAT slices and sector bitmaps by file offset. */
 #define VHD_KEY_BAT (1ull << 62)
@@ -102,10 +101,7 @@ struct vhd {
     struct vhd_loc loc[VHD_NLOC];
     bool no_parent;             /* differencing, but no parent is named */
 
-    pthread_mutex_t plock;
-    uint64_t reported[VHD_MAX_REPORTED];
-    size_t nreported;
-    bool reported_full;
+    struct vdamage damage;   /* problems met while mapping, each reported once */
 };
 
 /* ------------------------------------------------------------------------
@@ -121,27 +117,6 @@ static uint32_t vhd_checksum(const uint8_t *b, size_t len, size_t skip)
         if (i < skip || i >= skip + 4)
             sum += b[i];
     return ~sum;
-}
-
-/* True the first time key is seen: the caller then reports the damage. */
-static bool first_report(struct vhd *v, uint64_t key)
-{
-    bool first = true, overflow = false;
-    pthread_mutex_lock(&v->plock);
-    for (size_t i = 0; i < v->nreported && first; i++)
-        if (v->reported[i] == key)
-            first = false;
-    if (first && v->nreported < VHD_MAX_REPORTED) {
-        v->reported[v->nreported++] = key;
-    } else if (first) {
-        first = false;
-        overflow = !v->reported_full;
-        v->reported_full = true;
-    }
-    pthread_mutex_unlock(&v->plock);
-    if (overflow)
-        vlayer_problem(v->l, "more damage found; further problems are not listed");
-    return first;
 }
 
 static void put_utf8(char *out, size_t *o, uint32_t cp)
@@ -603,7 +578,7 @@ static void vhd_close(struct vlayer *l)
     free(v->parent_name);
     for (unsigned i = 0; i < VHD_NLOC; i++)
         free(v->loc[i].path);
-    pthread_mutex_destroy(&v->plock);
+    vdamage_destroy(&v->damage);
     free(v);
     l->priv = NULL;
 }
@@ -624,7 +599,7 @@ static int vhd_open(struct vlayer *l)
 {
     struct vhd *v = xcalloc(1, sizeof(*v));
     v->l = l;
-    pthread_mutex_init(&v->plock, NULL);
+    vdamage_init(&v->damage);
     l->priv = v;
     int r = choose_footer(v);
     if (r == 0 && v->f.type != VHD_TYPE_FIXED && v->f.type != VHD_TYPE_DYNAMIC &&
@@ -750,7 +725,7 @@ static void block_data(struct vhd *v, uint64_t blk, uint64_t pos, uint64_t want,
         set_data(run, v->l->file, pos, VMFS_MIN(want, fsize - pos));
         return;
     }
-    if (first_report(v, blk))
+    if (vdamage_first(&v->damage, v->l, blk))
         vlayer_problem(v->l, "block %" PRIu64 " (guest offset 0x%" PRIx64 "): its data lies "
                        "past the end of the file", blk, blk << v->block_bits);
     set_run(run, VRUN_ERROR, want);
@@ -785,7 +760,7 @@ static int diff_block(struct vhd *v, struct vtab_cur *c, uint64_t blk, uint64_t 
                       uint64_t want, struct vrun *run)
 {
     if (!range_in(base, v->bitmap_size, v->l->file->size)) {
-        if (first_report(v, blk))
+        if (vdamage_first(&v->damage, v->l, blk))
             vlayer_problem(v->l, "block %" PRIu64 " (guest offset 0x%" PRIx64 "): its sector "
                            "bitmap lies past the end of the file", blk, blk << v->block_bits);
         set_run(run, VRUN_ERROR, want);
