@@ -36,6 +36,8 @@ struct vimage {
     char **problems;
     size_t nproblems;
     bool alloc_known;
+    bool alloc_busy;             /* a thread is counting: the others wait */
+    pthread_cond_t alloc_done;   /* signalled when the count is known */
     uint64_t alloc_bytes;        /* bytes of the disk that hold data */
     unsigned refs;
     bool quiet;                  /* record problems without logging them */
@@ -99,7 +101,12 @@ void vplan_free(struct vplan *plan);
  * Runs that fail to map count as data. */
 int vimage_extent(struct vimage *img, uint64_t off, bool *data, uint64_t *len);
 
-/* Bytes of the disk that hold data (computed once, then remembered). */
+/* Bytes of [off, off + len) that hold data, walking the chain once (0 for
+ * a range outside the disk).  Runs that fail to map count as data. */
+uint64_t vimage_count_data(struct vimage *img, uint64_t off, uint64_t len);
+
+/* Bytes of the disk that hold data: counted once by one thread (others
+ * asking meanwhile wait for its answer), then remembered. */
 uint64_t vimage_allocated(struct vimage *img);
 
 /* Adds the image's facts: format, sizes, chain, snapshots.  The problem

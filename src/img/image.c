@@ -419,6 +419,7 @@ struct vimage *vimage_open(const char *path, const struct vopen_opts *opts,
 {
     struct vimage *img = xcalloc(1, sizeof *img);
     pthread_mutex_init(&img->lock, NULL);
+    pthread_cond_init(&img->alloc_done, NULL);
     img->refs = 1;
     img->path = xstrdup(path);
     img->snap_index = snap_index;
@@ -482,6 +483,7 @@ void vimage_unref(struct vimage *img)
         free(img->problems[i]);
     free(img->problems);
     free(img->path);
+    pthread_cond_destroy(&img->alloc_done);
     pthread_mutex_destroy(&img->lock);
     free(img);
 }

@@ -212,28 +212,41 @@ int vimage_extent(struct vimage *img, uint64_t off, bool *data, uint64_t *len)
     return 0;
 }
 
+uint64_t vimage_count_data(struct vimage *img, uint64_t off, uint64_t len)
+{
+    if (img->top_failed || img->nlayers == 0 || !range_in(off, len, img->size))
+        return 0;
+    uint64_t bytes = 0, end = off + len;
+    while (off < end) {
+        struct vrun run;
+        size_t li;
+        if (resolve_as(img, off, end - off, &run, &li, true) < 0)
+            break;
+        if (run_is_data(&run))
+            bytes += run.len;
+        off += run.len;
+    }
+    return bytes;
+}
+
 uint64_t vimage_allocated(struct vimage *img)
 {
     pthread_mutex_lock(&img->lock);
-    bool known = img->alloc_known;
-    uint64_t bytes = img->alloc_bytes;
-    pthread_mutex_unlock(&img->lock);
-    if (known)
+    while (img->alloc_busy)
+        pthread_cond_wait(&img->alloc_done, &img->lock);
+    if (img->alloc_known) {
+        uint64_t bytes = img->alloc_bytes;
+        pthread_mutex_unlock(&img->lock);
         return bytes;
-    bytes = 0;
-    uint64_t off = 0;
-    while (off < img->size) {
-        bool data;
-        uint64_t len;
-        if (vimage_extent(img, off, &data, &len) < 0)
-            break;
-        if (data)
-            bytes += len;
-        off += len;
     }
+    img->alloc_busy = true;
+    pthread_mutex_unlock(&img->lock);
+    uint64_t bytes = vimage_count_data(img, 0, img->size);
     pthread_mutex_lock(&img->lock);
     img->alloc_bytes = bytes;
     img->alloc_known = true;
+    img->alloc_busy = false;
+    pthread_cond_broadcast(&img->alloc_done);
     pthread_mutex_unlock(&img->lock);
     return bytes;
 }

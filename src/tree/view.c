@@ -125,6 +125,13 @@ int vview_extent(const struct vview *v, uint64_t off, bool *data, uint64_t *len)
     return 0;
 }
 
+static int count_piece(const struct vview *v, uint64_t disk_off, uint64_t n, uint64_t done,
+                       void *arg)
+{
+    *(uint64_t *)arg += vimage_count_data(v->t->img, disk_off, n);
+    return 0;
+}
+
 uint64_t vview_allocated(const struct vview *v)
 {
     const struct vvolume *vol = volume(v);
@@ -135,16 +142,9 @@ uint64_t vview_allocated(const struct vview *v)
     pthread_mutex_unlock(&v->t->view_lock);
     if (known != UINT64_MAX)
         return known;
-    uint64_t bytes = 0, off = 0;
-    while (off < vol->size) {
-        bool data;
-        uint64_t len;
-        if (vview_extent(v, off, &data, &len) < 0)
-            break;
-        if (data)
-            bytes += len;
-        off += len;
-    }
+    uint64_t bytes = 0;
+    if (vol->size)
+        each_piece(v, 0, vol->size, count_piece, &bytes);  /* a bad piece ends the count */
     pthread_mutex_lock(&v->t->view_lock);
     v->t->vol_alloc[v->vol] = bytes;
     pthread_mutex_unlock(&v->t->view_lock);

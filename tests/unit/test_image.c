@@ -2,6 +2,8 @@
  * extents) over a scripted driver, and opening raw files. */
 #include "config.h"
 
+#include <pthread.h>
+
 #include "unit.h"
 #include "vmfs/image.h"
 #include "vmfs/report.h"
@@ -78,6 +80,7 @@ static struct vimage *mock_image(void)
 {
     struct vimage *img = calloc(1, sizeof *img);
     pthread_mutex_init(&img->lock, NULL);
+    pthread_cond_init(&img->alloc_done, NULL);
     img->refs = 1;
     img->path = strdup("mock");
     img->snap_index = -1;
@@ -263,6 +266,64 @@ START_TEST(raw_with_host_holes)
 }
 END_TEST
 
+/* Data counted over any range of the chain, in one pass. */
+START_TEST(count_data_by_range)
+{
+    struct vimage *img = mock_image();
+    mock_layer(img, "ZBBBDBBBCE", 0x11);
+    mock_layer(img, "DBBDBZ", 0x22);
+    img->size = img->layers[0]->size;
+    ck_assert_uint_eq(vimage_count_data(img, 0, img->size), 4 * BLK);
+    ck_assert_uint_eq(vimage_count_data(img, BLK / 2, 4 * BLK), BLK + BLK / 2);
+    ck_assert_uint_eq(vimage_count_data(img, 5 * BLK, 3 * BLK), 0);
+    ck_assert_uint_eq(vimage_count_data(img, 8 * BLK, 2 * BLK), 2 * BLK);
+    ck_assert_uint_eq(vimage_count_data(img, 9 * BLK, 2 * BLK), 0);   /* past the end */
+    ck_assert_uint_eq(vimage_allocated(img), 4 * BLK);
+    mock_free(img);
+}
+END_TEST
+
+/* A layer whose allocation answers are counted, and slow. */
+static unsigned alloc_calls;
+
+static int counting_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
+{
+    __atomic_add_fetch(&alloc_calls, 1, __ATOMIC_RELAXED);
+    usleep(2000);
+    return mock_map(l, off, len, run);
+}
+
+static const struct vfmt_driver counting = {
+    .name = "mock", .map = mock_map, .map_alloc = counting_map, .decode = mock_decode,
+};
+
+static void *ask_allocated(void *arg)
+{
+    return (void *)(uintptr_t)vimage_allocated(arg);
+}
+
+/* Threads asking at once get one answer from one walk. */
+START_TEST(allocated_once_for_many)
+{
+    struct vimage *img = mock_image();
+    struct vlayer *l = mock_layer(img, "DBDBDBDB", 0x11);
+    l->drv = &counting;
+    img->size = l->size;
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, ask_allocated, img), 0);
+    for (int i = 0; i < 4; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        ck_assert_uint_eq((uintptr_t)r, 4 * BLK);
+    }
+    ck_assert_uint_eq(alloc_calls, 8);           /* one walk: a call per run */
+    ck_assert_uint_eq(vimage_allocated(img), 4 * BLK);
+    ck_assert_uint_eq(alloc_calls, 8);
+    mock_free(img);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("image");
@@ -272,6 +333,8 @@ int main(void)
     tcase_add_test(tc, reads_outside_the_disk);
     tcase_add_test(tc, open_files_that_are_not_images);
     tcase_add_test(tc, raw_with_host_holes);
+    tcase_add_test(tc, count_data_by_range);
+    tcase_add_test(tc, allocated_once_for_many);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }
