@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <linux/fiemap.h>
@@ -30,53 +32,116 @@ static int file_pread(struct vsrc *s, void *buf, size_t len, uint64_t off)
     return 0;
 }
 
-static void file_close(struct vsrc *s)
-{
-    if (s->fd >= 0)
-        close(s->fd);
-}
-
-/* Data up to the next host hole, or a hole up to the next host data. */
 /* Holes by the file system's extent map: a range with no extent is a
  * hole, any extent (written, preallocated, delayed) is data.  Unlike
  * SEEK_DATA, whose answer for preallocated extents depends on what the
- * page cache holds, this stays the same while the file does.  Returns -1
- * where the file system has no extent map. */
-static int fiemap_extent(int fd, uint64_t off, uint64_t len, bool *data, uint64_t *n)
+ * page cache holds, this stays the same while the file does.
+ *
+ * An allocation walk asks about one run after the other, from the start
+ * of the file to its end: one FIEMAP call fetches the extents ahead of the
+ * question, and the next questions are answered from them while they are
+ * fresh (a second: the file may be changing under a long-lived view). */
+enum { FMAP_MAX = 64 };
+
+struct fmap {
+    bool valid;
+    uint64_t start, end;         /* the stretch the extents describe */
+    struct timespec when;        /* CLOCK_MONOTONIC of the fetch */
+    unsigned n;
+    uint64_t off[FMAP_MAX], len[FMAP_MAX];   /* merged where contiguous */
+};
+
+/* A file source's private state: its last fetched extents. */
+struct file_priv {
+    pthread_mutex_t lock;        /* guards map */
+    struct fmap map;
+};
+
+static bool fmap_fresh(const struct fmap *m, uint64_t off)
 {
-    enum { N = 32 };
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return m->valid && off >= m->start && off < m->end && now.tv_sec - m->when.tv_sec < 1;
+}
+
+/* Fetches the extents of [off, size) into m, as many as one call gives.
+ * Returns -1 where the file system has no extent map. */
+static int fmap_fetch(int fd, uint64_t off, uint64_t size, struct fmap *m)
+{
     struct {
         struct fiemap fm;
-        struct fiemap_extent ext[N];
+        struct fiemap_extent ext[FMAP_MAX];
     } q;
     memset(&q, 0, sizeof q);
     q.fm.fm_start = off;
-    q.fm.fm_length = len;
-    q.fm.fm_extent_count = N;
+    q.fm.fm_length = size - off;
+    q.fm.fm_extent_count = FMAP_MAX;
     if (ioctl(fd, FS_IOC_FIEMAP, &q.fm) < 0)
         return -1;
-    uint32_t cnt = VMFS_MIN(q.fm.fm_mapped_extents, (uint32_t)N);
-    if (cnt == 0 || q.ext[0].fe_logical >= off + len) {
-        *data = false;
-        *n = len;
-        return 0;
+    uint32_t cnt = VMFS_MIN(q.fm.fm_mapped_extents, (uint32_t)FMAP_MAX);
+    m->n = 0;
+    for (uint32_t i = 0; i < cnt; i++) {
+        const struct fiemap_extent *e = &q.ext[i];
+        if (m->n && m->off[m->n - 1] + m->len[m->n - 1] == e->fe_logical) {
+            m->len[m->n - 1] += e->fe_length;
+        } else {
+            m->off[m->n] = e->fe_logical;
+            m->len[m->n++] = e->fe_length;
+        }
     }
-    if (q.ext[0].fe_logical > off) {
+    m->start = off;
+    m->end = size;
+    /* A full answer may have more extents after its last one. */
+    if (cnt == FMAP_MAX && !(q.ext[cnt - 1].fe_flags & FIEMAP_EXTENT_LAST))
+        m->end = VMFS_MIN(size, m->off[m->n - 1] + m->len[m->n - 1]);
+    clock_gettime(CLOCK_MONOTONIC, &m->when);
+    m->valid = m->end > off;
+    return 0;
+}
+
+/* Answers from fetched extents for off inside [m->start, m->end). */
+static void fmap_answer(const struct fmap *m, uint64_t off, uint64_t len, bool *data,
+                        uint64_t *n)
+{
+    uint64_t limit = VMFS_MIN(off + len, m->end);
+    unsigned i = 0;
+    while (i < m->n && m->off[i] + m->len[i] <= off)
+        i++;
+    if (i == m->n || m->off[i] >= limit) {
         *data = false;
-        *n = q.ext[0].fe_logical - off;
-        return 0;
+        *n = limit - off;
+    } else if (m->off[i] > off) {
+        *data = false;
+        *n = m->off[i] - off;
+    } else {
+        *data = true;
+        *n = VMFS_MIN(off + len, m->off[i] + m->len[i]) - off;
     }
-    uint64_t end = q.ext[0].fe_logical + q.ext[0].fe_length;
-    for (uint32_t i = 1; i < cnt && q.ext[i].fe_logical == end; i++)
-        end += q.ext[i].fe_length;
-    *data = true;
-    *n = end > off ? VMFS_MIN(len, end - off) : len;
+}
+
+static int fiemap_extent(struct vsrc *s, uint64_t off, uint64_t len, bool *data, uint64_t *n)
+{
+    struct file_priv *p = s->priv;
+    pthread_mutex_lock(&p->lock);
+    bool have = fmap_fresh(&p->map, off);
+    if (have)
+        fmap_answer(&p->map, off, len, data, n);
+    pthread_mutex_unlock(&p->lock);
+    if (have)
+        return 0;
+    struct fmap got;
+    if (fmap_fetch(s->fd, off, s->size, &got) < 0 || !got.valid)
+        return -1;
+    fmap_answer(&got, off, len, data, n);
+    pthread_mutex_lock(&p->lock);
+    p->map = got;
+    pthread_mutex_unlock(&p->lock);
     return 0;
 }
 
 static int file_extent(struct vsrc *s, uint64_t off, uint64_t len, bool *data, uint64_t *n)
 {
-    if (fiemap_extent(s->fd, off, len, data, n) == 0)
+    if (fiemap_extent(s, off, len, data, n) == 0)
         return 0;
     *data = true;
     *n = len;
@@ -95,6 +160,17 @@ static int file_extent(struct vsrc *s, uint64_t off, uint64_t len, bool *data, u
     if (h > 0 && (uint64_t)h > off)
         *n = VMFS_MIN(len, (uint64_t)h - off);
     return 0;
+}
+
+static void file_close(struct vsrc *s)
+{
+    if (s->fd >= 0)
+        close(s->fd);
+    struct file_priv *p = s->priv;
+    if (p) {
+        pthread_mutex_destroy(&p->lock);
+        free(p);
+    }
 }
 
 static const struct vsrc_ops file_ops = {
@@ -129,6 +205,9 @@ struct vsrc *vsrc_open_file(const char *path, int *err)
     s->fd = fd;
     s->size = size;
     s->name = xstrdup(path);
+    struct file_priv *p = xcalloc(1, sizeof *p);
+    pthread_mutex_init(&p->lock, NULL);
+    s->priv = p;
     return s;
 }
 

@@ -2,6 +2,7 @@
  * extents) over a scripted driver, and opening raw files. */
 #include "config.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 
 #include "unit.h"
@@ -324,6 +325,56 @@ START_TEST(allocated_once_for_many)
 }
 END_TEST
 
+/* A raw file with more extents than one extent-map question returns:
+ * holes and data come out right everywhere, and a change to the file is
+ * seen once the remembered answer is a second old. */
+START_TEST(raw_with_many_extents)
+{
+    enum { N = 150, STEP = 64 << 10 };
+    char *path = unit_tmpfile("", 0, "raw");
+    int fd = open(path, O_RDWR);
+    ck_assert_int_ge(fd, 0);
+    char blk[BLK];
+    memset(blk, 0x5a, sizeof blk);
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(pwrite(fd, blk, BLK, (off_t)i * STEP), BLK);
+    ck_assert_int_eq(ftruncate(fd, (off_t)N * STEP), 0);
+    fsync(fd);
+    bool holes = lseek(fd, 0, SEEK_HOLE) < (off_t)N * STEP;
+    struct vimage *img = vimage_open(path, NULL, -1, false);
+    ck_assert_ptr_nonnull(img);
+    if (!holes) {                      /* a file system without holes */
+        ck_assert_uint_eq(vimage_allocated(img), (uint64_t)N * STEP);
+        goto out;
+    }
+    ck_assert_uint_eq(vimage_allocated(img), (uint64_t)N * BLK);
+    for (int i = N - 1; i >= 0; i -= 7) {
+        bool data;
+        uint64_t len;
+        ck_assert_int_eq(vimage_extent(img, (uint64_t)i * STEP + 100, &data, &len), 0);
+        ck_assert(data);
+        ck_assert_uint_eq(len, BLK - 100);
+        ck_assert_int_eq(vimage_extent(img, (uint64_t)i * STEP + BLK, &data, &len), 0);
+        ck_assert(!data);
+        ck_assert_uint_eq(len, STEP - BLK);
+    }
+    /* Punch the first block: seen after a second. */
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, BLK) == 0) {
+        fsync(fd);
+        usleep(1100 * 1000);
+        bool data;
+        uint64_t len;
+        ck_assert_int_eq(vimage_extent(img, 0, &data, &len), 0);
+        ck_assert(!data);
+        ck_assert_uint_eq(len, STEP);
+    }
+out:
+    close(fd);
+    vimage_unref(img);
+    unlink_free(path);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("image");
@@ -335,6 +386,7 @@ int main(void)
     tcase_add_test(tc, raw_with_host_holes);
     tcase_add_test(tc, count_data_by_range);
     tcase_add_test(tc, allocated_once_for_many);
+    tcase_add_test(tc, raw_with_many_extents);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }
