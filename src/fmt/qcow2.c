@@ -405,6 +405,8 @@ void qcow2_compressed(unsigned cluster_bits, uint64_t entry, uint64_t *coff,
  * ---------------------------------------------------------------------- */
 
 #define Q_SLICE_BYTES 4096u          /* L2 table bytes per cache entry */
+#define Q_BULK_BYTES (64u << 10)     /* L2 bytes one read fetches in a walk */
+#define Q_EMPTY_MAX_BITS (1u << 23)  /* slices tracked by the empty bitmap */
 #define Q_MAX_REPORTED 32u           /* distinct problems reported per layer */
 #define Q_DECOMP_KEY (1ull << 63)    /* cache keys of decompressed clusters */
 
@@ -431,6 +433,7 @@ struct qcow2 {
     unsigned sc_bits;           /* log2 of the subcluster size */
     unsigned slice_bits;        /* log2 of entries per cached slice */
     size_t slice_size;          /* bytes per cached slice */
+    unsigned spt_bits;          /* log2 of slices per L2 table */
 
     struct vsrc *data;          /* where data clusters are; NULL when the
                                    external data file could not be opened */
@@ -443,6 +446,12 @@ struct qcow2 {
     uint64_t l1_err_end;        /* entries from l1_avail up to this one are
                                    missing (error runs); later ones are
                                    unallocated (a snapshot's shorter table) */
+    uint64_t *empty;            /* a bit per L2 slice of the active L1
+                                   (entry << spt_bits | slice) seen to hold
+                                   only zero entries: skipped without the
+                                   cache.  Set atomically; NULL when the
+                                   table has too many slices */
+    uint64_t empty_bits;
     bool backing_bad;           /* the backing reference is unreadable:
                                    unallocated clusters are error runs */
 
@@ -570,18 +579,54 @@ static int unzstd_cluster(const uint8_t *in, size_t inlen, void *out, size_t out
  * Cached L2 slices and decompressed clusters
  * ---------------------------------------------------------------------- */
 
-/* A held L2 slice while walking consecutive clusters. */
+/* A held L2 slice while walking consecutive clusters.  bulk: the walk
+ * goes on through the table (an allocation walk), so a miss reads ahead. */
 struct l2cur {
-    struct vcache_entry *ent;
+    struct vcache_entry *ent;   /* NULL for a slice known to be empty */
     const uint8_t *data;
     uint64_t key;
+    bool bulk;
 };
+
+static const uint8_t zero_slice[Q_SLICE_BYTES];
 
 static void cur_release(struct l2cur *c)
 {
     if (c->ent)
         vcache_release(c->ent);
     c->ent = NULL;
+    c->data = NULL;
+}
+
+/* The empty bitmap's bit for the slice that holds guest cluster ci. */
+static uint64_t slice_bit(const struct qcow2 *q, uint64_t ci)
+{
+    uint64_t idx = ci & ((1ull << q->l2_bits) - 1);
+    return (ci >> q->l2_bits) << q->spt_bits | idx >> q->slice_bits;
+}
+
+static bool known_empty(const struct qcow2 *q, uint64_t bit)
+{
+    return q->empty && bit < q->empty_bits &&
+           (__atomic_load_n(&q->empty[bit >> 6], __ATOMIC_RELAXED) >> (bit & 63) & 1);
+}
+
+static void mark_empty(struct qcow2 *q, uint64_t bit)
+{
+    if (q->empty && bit < q->empty_bits)
+        __atomic_fetch_or(&q->empty[bit >> 6], 1ull << (bit & 63), __ATOMIC_RELAXED);
+}
+
+/* n is a multiple of 64 (slices are at least 512 bytes). */
+static bool all_zero(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i += 64) {
+        uint64_t w[8];
+        memcpy(w, p + i, sizeof w);
+        if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7])
+            return false;
+    }
+    return true;
 }
 
 struct slice_fill {
@@ -595,6 +640,76 @@ static int fill_slice(void *arg, void *buf, size_t size)
     return vsrc_pread(a->file, buf, size, a->off);
 }
 
+struct slice_copy {
+    const uint8_t *from;
+};
+
+static int copy_slice(void *arg, void *buf, size_t size)
+{
+    memcpy(buf, ((struct slice_copy *)arg)->from, size);
+    return 0;
+}
+
+/* Fills the slice at host offset key (holding guest cluster ci) with the
+ * slices after it in its table, up to Q_BULK_BYTES, in one read: the empty
+ * ones are marked, the others go into the cache. */
+struct bulk_fill {
+    struct qcow2 *q;
+    uint64_t ci, key;
+};
+
+static int fill_bulk(void *arg, void *out, size_t size)
+{
+    struct bulk_fill *a = arg;
+    struct qcow2 *q = a->q;
+    uint64_t bit = slice_bit(q, a->ci);
+    uint64_t spt = 1ull << q->spt_bits, si = bit & (spt - 1);
+    size_t k = (size_t)VMFS_MIN(spt - si, (uint64_t)(Q_BULK_BYTES / size));
+    CLEANUP_FREE uint8_t *buf = xmalloc(k * size);
+    int r = vsrc_pread(q->l->file, buf, k * size, a->key);
+    if (r < 0)
+        return r;
+    memcpy(out, buf, size);
+    for (size_t j = 1; j < k; j++) {
+        const uint8_t *sl = buf + j * size;
+        if (all_zero(sl, size)) {
+            mark_empty(q, bit + j);
+            continue;
+        }
+        struct slice_copy c = {sl};
+        const void *data;
+        struct vcache_entry *ent;
+        if (vcache_get(q->l->cache_owner, a->key + j * size, size, copy_slice, &c, &data,
+                       &ent) == 0)
+            vcache_release(ent);
+    }
+    return 0;
+}
+
+/* Points c at the slice (host offset key) that holds guest cluster ci. */
+static int slice_get(struct qcow2 *q, struct l2cur *c, uint64_t ci, uint64_t key)
+{
+    uint64_t bit = slice_bit(q, ci);
+    c->key = key;
+    if (known_empty(q, bit)) {
+        c->data = zero_slice;
+        return 0;
+    }
+    struct slice_fill a = {q->l->file, key};
+    struct bulk_fill b = {q, ci, key};
+    const void *data;
+    int r = vcache_get(q->l->cache_owner, key, q->slice_size, c->bulk ? fill_bulk : fill_slice,
+                       c->bulk ? (void *)&b : (void *)&a, &data, &c->ent);
+    if (r < 0) {
+        c->ent = NULL;
+        return r;
+    }
+    c->data = data;
+    if (all_zero(data, q->slice_size))
+        mark_empty(q, bit);
+    return 0;
+}
+
 /* Fetches the L2 entry (and bitmap) of guest cluster ci from the table at
  * l2off, which open or l1_lookup checked to lie inside the file. */
 static int l2_entry(struct qcow2 *q, struct l2cur *c, uint64_t l2off, uint64_t ci,
@@ -602,18 +717,11 @@ static int l2_entry(struct qcow2 *q, struct l2cur *c, uint64_t l2off, uint64_t c
 {
     uint64_t idx = ci & ((1ull << q->l2_bits) - 1);
     uint64_t key = l2off + (idx >> q->slice_bits) * q->slice_size;
-    if (!c->ent || c->key != key) {
+    if (!c->data || c->key != key) {
         cur_release(c);
-        struct slice_fill a = {q->l->file, key};
-        const void *data;
-        int r = vcache_get(q->l->cache_owner, key, q->slice_size, fill_slice, &a,
-                           &data, &c->ent);
-        if (r < 0) {
-            c->ent = NULL;
+        int r = slice_get(q, c, ci, key);
+        if (r < 0)
             return r;
-        }
-        c->data = data;
-        c->key = key;
     }
     const uint8_t *e = c->data + (idx & ((1ull << q->slice_bits) - 1)) * q->entry_size;
     *entry = get_be64(e);
@@ -753,6 +861,32 @@ static inline bool entry_is_zero(const uint8_t *e, size_t size)
     return (a | b) == 0;
 }
 
+/* Where the run of guest cluster ci (entry, classified t, host offset
+ * host) ends within its slice, up to end: the entries after it that are
+ * the same kind, data contiguous in the data file.  One step for what
+ * would be one piece per cluster. */
+static uint64_t same_run_end(struct qcow2 *q, struct l2cur *c, uint64_t ci, uint64_t entry,
+                             enum qcow2_ctype t, uint64_t host, uint64_t end)
+{
+    uint64_t cstart = ci << q->g.cluster_bits;
+    uint64_t idx = ci & ((1ull << q->slice_bits) - 1);
+    uint64_t per = 1ull << q->slice_bits, n = 1;
+    const uint8_t *e = c->data + (idx + 1) * q->entry_size;
+    while (idx + n < per && cstart + n * q->cs < end) {
+        uint64_t x = get_be64(e);
+        if (t == QCOW2_DATA ? x != entry + n * q->cs || (x ^ entry) & ~QCOW2_L2E_OFFSET_MASK
+                            : x != entry)
+            break;
+        n++;
+        e += q->entry_size;
+    }
+    uint64_t to = VMFS_MIN(cstart + n * q->cs, q->l->size);
+    /* A run that leaves the data file is judged cluster by cluster. */
+    if (t == QCOW2_DATA && n > 1 && (!q->data || !range_in(host, to - cstart, q->data->size)))
+        to = VMFS_MIN(cstart + q->cs, q->l->size);
+    return to;
+}
+
 static void cluster_piece(struct qcow2 *q, struct l2cur *c, uint64_t l2off,
                           uint64_t pos, uint64_t end, struct piece *p)
 {
@@ -786,6 +920,8 @@ static void cluster_piece(struct qcow2 *q, struct l2cur *c, uint64_t l2off,
     }
     uint64_t from = cstart, to = cend;
     enum qcow2_ctype t = qcow2_classify(&q->g, cstart, entry, bitmap, 0, &host, &why);
+    if (!q->g.ext_l2 && (t == QCOW2_DATA || t == QCOW2_ZERO))
+        to = same_run_end(q, c, ci, entry, t, host, end);
     if (q->g.ext_l2 && t != QCOW2_COMPRESSED && t != QCOW2_INVALID) {
         unsigned sc = (unsigned)((pos - cstart) >> q->sc_bits), sc_end = sc + 1;
         t = qcow2_classify(&q->g, cstart, entry, bitmap, sc, &host, &why);
@@ -819,6 +955,23 @@ static void cluster_piece(struct qcow2 *q, struct l2cur *c, uint64_t l2off,
     }
 }
 
+/* When pos lies in a slice known to be empty: the unallocated piece up to
+ * the end of the empty slices that follow in its table (and stop). */
+static bool empty_piece(struct qcow2 *q, uint64_t pos, uint64_t stop, struct piece *p)
+{
+    uint64_t ci = pos >> q->g.cluster_bits;
+    uint64_t bit = slice_bit(q, ci);
+    if (!known_empty(q, bit))
+        return false;
+    uint64_t spt = 1ull << q->spt_bits, m = 1;
+    while ((bit & (spt - 1)) + m < spt && known_empty(q, bit + m))
+        m++;
+    unsigned sbits = q->slice_bits + q->g.cluster_bits;
+    uint64_t send = ((pos >> sbits) + m) << sbits;
+    piece_set(p, VRUN_BACKING, VMFS_MIN(VMFS_MIN(send, q->l->size), stop) - pos);
+    return true;
+}
+
 /* Describes the guest bytes from pos up to at most end as one piece. */
 static void piece_at(struct qcow2 *q, struct l2cur *c, uint64_t pos, uint64_t end,
                      struct piece *p)
@@ -840,7 +993,8 @@ static void piece_at(struct qcow2 *q, struct l2cur *c, uint64_t pos, uint64_t en
         piece_set(p, VRUN_ERROR, stop - pos);
         return;
     case L1_OK:
-        cluster_piece(q, c, l2off, pos, end, p);
+        if (!empty_piece(q, pos, stop, p))
+            cluster_piece(q, c, l2off, pos, end, p);
         return;
     }
 }
@@ -854,10 +1008,10 @@ static bool run_extends(const struct vrun *run, const struct piece *p)
     return true;
 }
 
-static int q_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
+static int map_runs(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run, bool bulk)
 {
     struct qcow2 *q = l->priv;
-    struct l2cur c = {0};
+    struct l2cur c = {.bulk = bulk};
     uint64_t pos = off, end = off + len;
     memset(run, 0, sizeof(*run));
     while (pos < end) {
@@ -880,12 +1034,18 @@ static int q_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
     return 0;
 }
 
+static int q_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
+{
+    return map_runs(l, off, len, run, false);
+}
+
 /* The allocation view: as q_map, except that data stored in a hole of the
  * host file (preallocated metadata, a sparse external data file) counts as
- * a hole, as qemu's block status reports it.  Reads still use q_map. */
+ * a hole, as qemu's block status reports it.  Reads still use q_map.
+ * Allocation questions walk on through the tables: L2 is read ahead. */
 static int q_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
 {
-    int r = q_map(l, off, len, run);
+    int r = map_runs(l, off, len, run, true);
     return r < 0 ? r : vrun_refine_holes(run);
 }
 
@@ -1025,6 +1185,11 @@ static int load_l1(struct qcow2 *q, uint64_t l1_off, uint64_t l1_size, uint64_t 
     q->l1_off = l1_off;
     q->l1_size = l1_size;
     q->l1_avail = avail;
+    free(q->empty);
+    q->empty = NULL;
+    q->empty_bits = avail << q->spt_bits;
+    if (avail && q->empty_bits <= Q_EMPTY_MAX_BITS)
+        q->empty = xcalloc((size_t)(q->empty_bits + 63) / 64, sizeof *q->empty);
     q->l1_err_end = active ? need : VMFS_MIN(need, l1_size);
     return 0;
 }
@@ -1171,6 +1336,7 @@ static void set_geometry(struct qcow2 *q)
     while (((size_t)q->entry_size << (sb + 1)) <= q->slice_size)
         sb++;
     q->slice_bits = sb;
+    q->spt_bits = q->l2_bits - sb;
 }
 
 /* Opens the external data file; a failure (already reported) leaves the
@@ -1195,6 +1361,7 @@ static void q_close(struct vlayer *l)
     if (!q)
         return;
     free(q->l1);
+    free(q->empty);
     free_snapshots(q);
     if (q->data_own)
         vsrc_close(q->data_own);

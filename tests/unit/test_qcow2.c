@@ -1376,6 +1376,119 @@ START_TEST(test_alloc_holes)
 }
 END_TEST
 
+/* Guest offset of entry i of slice si of L2 table t, for 16 KiB clusters:
+ * 512 entries (8 MiB) per 4 KiB slice, 4 slices per table. */
+#define WT_CS (16u << 10)
+static uint64_t wt_off(unsigned t, unsigned si, unsigned i)
+{
+    return ((uint64_t)t * 4 + si) * 512 * WT_CS + (uint64_t)i * WT_CS;
+}
+
+/* Allocation walks read tables ahead and remember slices that hold only
+ * zero entries; runs of contiguous clusters are one step.  Whatever the
+ * order of walks and reads, the answers stay those of the entries. */
+START_TEST(test_walk_tables)
+{
+    struct qb *b = qb_new(3, 14, 3 * 4 * 512 * (uint64_t)WT_CS, false);   /* 96 MiB */
+    /* Table 0: five contiguous data clusters and two lone ones in slice
+     * 0, slice 1 empty, a run of zero clusters in slice 2, one data
+     * cluster at the end of slice 3. */
+    uint64_t host = qb_alloc(b, 5);
+    for (unsigned i = 0; i < 5; i++) {
+        uint64_t g = wt_off(0, 0, 10 + i);
+        qb_set(b, g, (host + i * WT_CS) | QCOW2_OFLAG_COPIED, 0);
+        fill_pattern(b->d + host + i * WT_CS, WT_CS, 0x31, g);
+        exp_pattern(b, g, 0x31);
+    }
+    qb_data(b, wt_off(0, 0, 100), 0x32);
+    qb_data(b, wt_off(0, 0, 511), 0x33);
+    for (unsigned i = 0; i < 7; i++)
+        qb_set(b, wt_off(0, 2, 3 + i), QCOW2_OFLAG_ZERO, 0);
+    qb_data(b, wt_off(0, 3, 511), 0x34);
+    /* Table 1 unallocated; table 2 allocated and all zero. */
+    qb_l2(b, wt_off(2, 0, 0));
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    ck_assert_uint_eq(nproblems(img), 0);
+
+    /* Reads first (slices come one at a time), then the walk. */
+    check_range(img, b, 0, 4 * 512 * WT_CS);
+    ck_assert_uint_eq(vimage_allocated(img), 8 * WT_CS);
+    struct vrun run;
+    top_map(img, wt_off(0, 0, 10), 8 * WT_CS, &run);
+    ck_assert_int_eq(run.kind, VRUN_DATA);
+    ck_assert_uint_eq(run.len, 5 * WT_CS);
+    ck_assert_uint_eq(run.src_off, host);
+    top_map(img, wt_off(0, 0, 12) + 100, 8 * WT_CS, &run);
+    ck_assert_int_eq(run.kind, VRUN_DATA);
+    ck_assert_uint_eq(run.len, 3 * WT_CS - 100);
+    ck_assert_uint_eq(run.src_off, host + 2 * WT_CS + 100);
+    top_map(img, wt_off(0, 2, 0), b->vsize - wt_off(0, 2, 0), &run);
+    ck_assert_int_eq(run.kind, VRUN_BACKING);
+    ck_assert_uint_eq(run.len, 3 * WT_CS);
+    top_map(img, wt_off(0, 2, 3), b->vsize - wt_off(0, 2, 3), &run);
+    ck_assert_int_eq(run.kind, VRUN_ZERO);
+    ck_assert_uint_eq(run.len, 7 * WT_CS);
+    /* From the end of slice 0 over the empty slice 1 to the zero run. */
+    top_map(img, wt_off(0, 0, 511) + WT_CS, b->vsize, &run);
+    ck_assert_int_eq(run.kind, VRUN_BACKING);
+    ck_assert_uint_eq(run.len, wt_off(0, 2, 3) - wt_off(0, 1, 0));
+    bool data;
+    uint64_t len;
+    ck_assert_int_eq(vimage_extent(img, wt_off(0, 3, 511) + WT_CS, &data, &len), 0);
+    ck_assert(!data);
+    ck_assert_uint_eq(len, b->vsize - wt_off(1, 0, 0));
+    ck_assert_int_eq(vimage_extent(img, wt_off(0, 1, 7), &data, &len), 0);
+    ck_assert(!data);
+    ck_assert_uint_eq(len, wt_off(0, 3, 511) - wt_off(0, 1, 7));
+    check_all(img, b);
+    vimage_unref(img);
+
+    /* The walk first, on a fresh opening: then the reads. */
+    img = open_img(path, -1);
+    ck_assert_uint_eq(vimage_allocated(img), 8 * WT_CS);
+    ck_assert_uint_eq(vimage_count_data(img, wt_off(0, 0, 12), wt_off(0, 3, 0)), 5 * WT_CS);
+    check_all(img, b);
+    ck_assert_uint_eq(nproblems(img), 0);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+/* A run of contiguous clusters whose end lies past the end of the file:
+ * the clusters inside stay readable, the others fail, each once listed. */
+START_TEST(test_run_past_eof)
+{
+    struct qb *b = qb_new(3, 12, 1 << 20, false);
+    qb_l2(b, 0);
+    uint64_t host = qb_alloc(b, 4);
+    for (unsigned i = 0; i < 4; i++) {
+        qb_set(b, 0x2000 + i * 0x1000, (host + i * 0x1000) | QCOW2_OFLAG_COPIED, 0);
+        fill_pattern(b->d + host + i * 0x1000, 0x1000, 0x71, 0x2000 + i * 0x1000);
+        exp_pattern(b, 0x2000 + i * 0x1000, 0x71);
+    }
+    b->len = (size_t)(host + 2 * 0x1000 + 512);      /* the third cluster is cut */
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    check_range(img, b, 0x2000, 0x2000);
+    ck_assert_int_eq(read_err(img, 0x4000, 512), -EIO);
+    ck_assert_int_eq(read_err(img, 0x5000, 512), -EIO);
+    ck_assert_int_eq(read_err(img, 0x2000, 0x4000), -EIO);
+    ck_assert(has_problem(img, "guest offset 0x4000: data cluster"));
+    ck_assert(has_problem(img, "guest offset 0x5000: data cluster"));
+    struct vrun run;
+    top_map(img, 0x2000, 0x4000, &run);
+    ck_assert_int_eq(run.kind, VRUN_DATA);
+    ck_assert_uint_eq(run.len, 0x2000);
+    ck_assert_uint_eq(vimage_allocated(img), 4 * 0x1000);   /* errors count as data */
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
 START_TEST(test_probe)
 {
     uint8_t h[8] = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 3};
@@ -1423,6 +1536,8 @@ static Suite *qcow2_suite(void)
     tcase_add_test(t, test_truncated_header);
     tcase_add_test(t, test_size_rounding);
     tcase_add_test(t, test_alloc_holes);
+    tcase_add_test(t, test_walk_tables);
+    tcase_add_test(t, test_run_past_eof);
     suite_add_tcase(s, t);
     return s;
 }
