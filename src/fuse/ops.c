@@ -509,8 +509,12 @@ static int child_of(const struct nodeinfo *p, const char *name, struct nodeinfo 
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
+    /* Replies are spliced from the image file, but its pages are never
+     * given away: they belong to the host's page cache, and the kernel
+     * logs a page dump for every such page it is asked to steal. */
     if (conn->capable & FUSE_CAP_SPLICE_WRITE)
-        conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+        conn->want |= FUSE_CAP_SPLICE_WRITE;
+    conn->want &= ~(unsigned)FUSE_CAP_SPLICE_MOVE;
     conn->want &= ~(unsigned)FUSE_CAP_SPLICE_READ;
     conn->max_read = cfg.max_read;   /* must match the mount option */
 }
@@ -712,7 +716,7 @@ static void read_view(fuse_req_t req, const struct vview *v, size_t size, off_t 
             b->mem = plan.segs[i].mem;
         }
     }
-    fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
+    fuse_reply_data(req, bv, 0);
     free(bv);
     vplan_free(&plan);
 }
