@@ -12,75 +12,14 @@
 #include "vmfs/report.h"
 
 /* ------------------------------------------------------------------------
- * Shared helpers: a growing byte buffer, patterns, files, checks
+ * Shared helpers: a temporary directory, opening
  * ---------------------------------------------------------------------- */
-
-struct buf {
-    uint8_t *d;
-    size_t len, cap;
-};
-
-static void grow(struct buf *b, size_t len)
-{
-    if (len > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < len)
-            cap *= 2;
-        b->d = realloc(b->d, cap);
-        ck_assert_ptr_nonnull(b->d);
-        memset(b->d + b->cap, 0, cap - b->cap);
-        b->cap = cap;
-    }
-    if (len > b->len)
-        b->len = len;
-}
-
-static void put_be(struct buf *b, uint64_t off, uint64_t v, unsigned n)
-{
-    grow(b, (size_t)(off + n));
-    for (unsigned i = 0; i < n; i++)
-        b->d[off + i] = (uint8_t)(v >> (8 * (n - 1 - i)));
-}
-
-static void put_le(struct buf *b, uint64_t off, uint64_t v, unsigned n)
-{
-    grow(b, (size_t)(off + n));
-    for (unsigned i = 0; i < n; i++)
-        b->d[off + i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_bytes(struct buf *b, uint64_t off, const void *p, size_t n)
-{
-    grow(b, (size_t)(off + n));
-    memcpy(b->d + off, p, n);
-}
-
-/* Appends n zero bytes at the next multiple of align; returns their offset. */
-static uint64_t append(struct buf *b, uint64_t n, uint64_t align)
-{
-    uint64_t off = (b->len + align - 1) / align * align;
-    grow(b, (size_t)(off + n));
-    return off;
-}
-
-/* A pattern byte for disk offset off, different per tag. */
-static uint8_t pat(uint8_t tag, uint64_t off)
-{
-    return (uint8_t)(tag + off * 7 + (off >> 9) * 13 + 1);
-}
 
 static char *tmpdir;
 
 static char *write_file(const char *name, const void *data, size_t len)
 {
-    char *path = malloc(strlen(tmpdir) + strlen(name) + 2);
-    ck_assert_ptr_nonnull(path);
-    sprintf(path, "%s/%s", tmpdir, name);
-    FILE *f = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    ck_assert_uint_eq(fwrite(data, 1, len, f), len);
-    ck_assert_int_eq(fclose(f), 0);
-    return path;
+    return unit_write(tmpdir, name, data, len);
 }
 
 static struct vimage *open_img(const char *path)
@@ -89,108 +28,30 @@ static struct vimage *open_img(const char *path)
     return vimage_open(path, &o, -1, false);
 }
 
-static bool has_problem(struct vimage *img, const char *text)
-{
-    char **p;
-    size_t n = vimage_problems(img, &p);
-    bool found = false;
-    for (size_t i = 0; i < n; i++) {
-        if (strstr(p[i], text))
-            found = true;
-        free(p[i]);
-    }
-    free(p);
-    return found;
-}
-
-static size_t nproblems(struct vimage *img)
-{
-    char **p;
-    size_t n = vimage_problems(img, &p);
-    for (size_t i = 0; i < n; i++) {
-        fprintf(stderr, "  problem: %s\n", p[i]);
-        free(p[i]);
-    }
-    free(p);
-    return n;
-}
-
-/* Reads the whole disk in odd-sized pieces and compares with exp. */
-static void check_bytes(struct vimage *img, const uint8_t *exp, uint64_t size)
-{
-    ck_assert_uint_eq(img->size, size);
-    uint8_t *got = malloc(size ? (size_t)size : 1);
-    ck_assert_ptr_nonnull(got);
-    uint64_t off = 0, step = 3001;
-    while (off < size) {
-        size_t n = (size_t)VMFS_MIN(step, size - off);
-        int r = vimage_read(img, got + off, n, off);
-        ck_assert_msg(r == 0, "read at %llu failed: %d", (unsigned long long)off, r);
-        off += n;
-        step = step * 3 % 70001 + 511;
-    }
-    if (memcmp(got, exp, (size_t)size)) {
-        uint64_t i = 0;
-        while (got[i] == exp[i])
-            i++;
-        ck_abort_msg("byte %llu: got 0x%02x, expected 0x%02x", (unsigned long long)i, got[i],
-                     exp[i]);
-    }
-    free(got);
-}
-
-static void check_range(struct vimage *img, const uint8_t *exp, uint64_t off, uint64_t len)
-{
-    uint8_t *got = malloc((size_t)len);
-    ck_assert_ptr_nonnull(got);
-    ck_assert_int_eq(vimage_read(img, got, (size_t)len, off), 0);
-    ck_assert_msg(!memcmp(got, exp + off, (size_t)len), "bytes at %llu differ",
-                  (unsigned long long)off);
-    free(got);
-}
-
-static bool read_fails(struct vimage *img, uint64_t off, uint64_t len)
-{
-    uint8_t *buf = malloc((size_t)len);
-    int r = vimage_read(img, buf, (size_t)len, off);
-    free(buf);
-    return r == -EIO;
-}
-
-static void extent_at(struct vimage *img, uint64_t off, bool data, uint64_t len)
-{
-    bool d;
-    uint64_t n;
-    ck_assert_int_eq(vimage_extent(img, off, &d, &n), 0);
-    ck_assert_msg(d == data && n == len, "extent at %llu: %s %llu, expected %s %llu",
-                  (unsigned long long)off, d ? "data" : "hole", (unsigned long long)n,
-                  data ? "data" : "hole", (unsigned long long)len);
-}
-
-/* The report's member at key of the format object, as text. */
-static char *report_text(struct vimage *img)
-{
-    struct rep *r = rep_new_object();
-    vimage_report(img, r);
-    char *j = rep_to_json(r);
-    rep_free(r);
-    return j;
-}
-
 static void setup(void)
 {
-    char tmpl[] = "/tmp/vmfs-unit-vvq-XXXXXX";
-    ck_assert_ptr_nonnull(mkdtemp(tmpl));
-    tmpdir = strdup(tmpl);
+    tmpdir = unit_tmpdir("vvq");
 }
 
 static void teardown(void)
 {
-    char *cmd = malloc(strlen(tmpdir) + 16);
-    sprintf(cmd, "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
-    free(cmd);
-    free(tmpdir);
+    unit_rmtree(tmpdir);
+}
+
+/* A header field set to a bad value, and the problem that must say so. */
+struct bad_field {
+    uint64_t off;
+    uint64_t val;
+    unsigned n;
+    const char *problem;
+};
+
+/* The image at path must be listed but refused, with c's problem. */
+static void expect_refused(const char *path, const struct bad_field *c)
+{
+    struct vimage *img = open_img(path);
+    unit_check_refused(img, c->problem);
+    vimage_unref(img);
 }
 
 /* ------------------------------------------------------------------------
@@ -202,7 +63,7 @@ static void teardown(void)
 #define VHD_DIFF 4
 
 struct vhdb {
-    struct buf f;
+    struct unit_buf f;
     uint32_t type;
     uint64_t size;          /* virtual size */
     uint64_t cur_size;      /* current size field */
@@ -228,26 +89,26 @@ static uint32_t checksum(const uint8_t *p, size_t n, size_t skip)
 /* A footer for b at off (len 512, or 511 for the old layout). */
 static void vhd_footer(struct vhdb *b, uint64_t off, size_t len)
 {
-    struct buf t = {0};
-    grow(&t, 512);
+    struct unit_buf t = {0};
+    unit_grow(&t, 512);
     memcpy(t.d, "conectix", 8);
-    put_be(&t, 8, 2, 4);
-    put_be(&t, 12, 0x10000, 4);
-    put_be(&t, 16, b->type == VHD_FIXED ? UINT64_MAX : 512, 8);
-    put_be(&t, 24, 0x2a000000, 4);
+    unit_put_be(&t, 8, 2, 4);
+    unit_put_be(&t, 12, 0x10000, 4);
+    unit_put_be(&t, 16, b->type == VHD_FIXED ? UINT64_MAX : 512, 8);
+    unit_put_be(&t, 24, 0x2a000000, 4);
     memcpy(t.d + 28, b->app, 4);
-    put_be(&t, 32, 0x50003, 4);
+    unit_put_be(&t, 32, 0x50003, 4);
     memcpy(t.d + 36, "Wi2k", 4);
-    put_be(&t, 40, b->cur_size, 8);
-    put_be(&t, 48, b->cur_size, 8);
-    put_be(&t, 56, b->cyls, 2);
+    unit_put_be(&t, 40, b->cur_size, 8);
+    unit_put_be(&t, 48, b->cur_size, 8);
+    unit_put_be(&t, 56, b->cyls, 2);
     t.d[58] = b->heads;
     t.d[59] = b->spt;
-    put_be(&t, 60, b->type, 4);
+    unit_put_be(&t, 60, b->type, 4);
     for (int i = 0; i < 16; i++)
         t.d[68 + i] = (uint8_t)(0xa0 + i);
-    put_be(&t, 64, checksum(t.d, len, 64), 4);
-    put_bytes(&b->f, off, t.d, len);
+    unit_put_be(&t, 64, checksum(t.d, len, 64), 4);
+    unit_put_bytes(&b->f, off, t.d, len);
     free(t.d);
 }
 
@@ -267,7 +128,7 @@ static struct vhdb *vhd_new(uint32_t type, uint16_t cyls, uint8_t heads, uint8_t
     b->size = cur ? cur_size / 512 * 512 : (uint64_t)cyls * heads * spt * 512;
     b->exp = calloc(1, (size_t)b->size + 1);
     if (type == VHD_FIXED) {
-        grow(&b->f, (size_t)b->size);
+        unit_grow(&b->f, (size_t)b->size);
         return b;
     }
     b->bs = bs;
@@ -275,15 +136,15 @@ static struct vhdb *vhd_new(uint32_t type, uint16_t cyls, uint8_t heads, uint8_t
     b->entries = (uint32_t)((b->size + bs - 1) / bs);
     b->bat_off = 1536;
     uint64_t bat_len = ((uint64_t)b->entries * 4 + 511) / 512 * 512;
-    grow(&b->f, (size_t)(b->bat_off + bat_len));
+    unit_grow(&b->f, (size_t)(b->bat_off + bat_len));
     memset(b->f.d + b->bat_off, 0xff, (size_t)bat_len);
-    struct buf *f = &b->f;
+    struct unit_buf *f = &b->f;
     memcpy(f->d + 512, "cxsparse", 8);
-    put_be(f, 520, UINT64_MAX, 8);
-    put_be(f, 528, b->bat_off, 8);
-    put_be(f, 536, 0x10000, 4);
-    put_be(f, 540, b->entries, 4);
-    put_be(f, 544, bs, 4);
+    unit_put_be(f, 520, UINT64_MAX, 8);
+    unit_put_be(f, 528, b->bat_off, 8);
+    unit_put_be(f, 536, 0x10000, 4);
+    unit_put_be(f, 540, b->entries, 4);
+    unit_put_be(f, 544, bs, 4);
     return b;
 }
 
@@ -305,8 +166,8 @@ static uint64_t vhd_block(struct vhdb *b, uint64_t blk)
     uint32_t e = bat_get(b, blk);
     if (e != 0xffffffff)
         return (uint64_t)e * 512;
-    uint64_t off = append(&b->f, b->bm + b->bs, 512);
-    put_be(&b->f, b->bat_off + blk * 4, off / 512, 4);
+    uint64_t off = unit_append(&b->f, b->bm + b->bs, 512);
+    unit_put_be(&b->f, b->bat_off + blk * 4, off / 512, 4);
     return off;
 }
 
@@ -317,11 +178,11 @@ static void vhd_write(struct vhdb *b, uint64_t off, uint64_t len, uint8_t tag)
     for (uint64_t i = 0; i < len; i++) {
         uint64_t g = off + i;
         if (b->type == VHD_FIXED) {
-            b->f.d[g] = pat(tag, g);
+            b->f.d[g] = unit_pat(tag, g);
             continue;
         }
         uint64_t base = vhd_block(b, g / b->bs), in = g % b->bs, s = in / 512;
-        b->f.d[base + b->bm + in] = pat(tag, g);
+        b->f.d[base + b->bm + in] = unit_pat(tag, g);
         b->f.d[base + s / 8] |= (uint8_t)(0x80 >> (s % 8));
     }
 }
@@ -350,13 +211,13 @@ static void vhd_expect(struct vhdb *b)
 static void vhd_locator(struct vhdb *b, unsigned i, const char *code, const void *data,
                         size_t len)
 {
-    uint64_t off = append(&b->f, (len + 511) / 512 * 512, 512);
-    put_bytes(&b->f, off, data, len);
+    uint64_t off = unit_append(&b->f, (len + 511) / 512 * 512, 512);
+    unit_put_bytes(&b->f, off, data, len);
     uint64_t e = 512 + 576 + 24 * i;
     memcpy(b->f.d + e, code, 4);
-    put_be(&b->f, e + 4, (len + 511) / 512, 4);
-    put_be(&b->f, e + 8, len, 4);
-    put_be(&b->f, e + 16, off, 8);
+    unit_put_be(&b->f, e + 4, (len + 511) / 512, 4);
+    unit_put_be(&b->f, e + 8, len, 4);
+    unit_put_be(&b->f, e + 16, off, 8);
 }
 
 static size_t utf16(const char *s, uint8_t *out, bool be)
@@ -379,7 +240,7 @@ static void vhd_parent_name(struct vhdb *b, const char *name)
 {
     uint8_t u[512] = {0};
     utf16(name, u, true);
-    put_bytes(&b->f, 512 + 64, u, sizeof(u));
+    unit_put_bytes(&b->f, 512 + 64, u, sizeof(u));
 }
 
 /* Footer copy, header checksum, footer at the end; the expected disk. */
@@ -387,11 +248,11 @@ static void vhd_finish(struct vhdb *b)
 {
     if (b->type != VHD_FIXED) {
         vhd_footer(b, 0, 512);
-        put_be(&b->f, 512 + 36, 0, 4);
-        put_be(&b->f, 512 + 36, checksum(b->f.d + 512, 1024, 36), 4);
+        unit_put_be(&b->f, 512 + 36, 0, 4);
+        unit_put_be(&b->f, 512 + 36, checksum(b->f.d + 512, 1024, 36), 4);
     }
     vhd_expect(b);
-    vhd_footer(b, append(&b->f, 0, 512), 512);
+    vhd_footer(b, unit_append(&b->f, 0, 512), 512);
 }
 
 static char *vhd_file(struct vhdb *b, const char *name)
@@ -414,9 +275,9 @@ START_TEST(vhd_fixed_chs)
     struct vimage *img = open_img(p);
     ck_assert_ptr_nonnull(img);
     ck_assert_str_eq(vimage_format(img), "vpc");
-    ck_assert_uint_eq(nproblems(img), 0);
-    check_bytes(img, b->exp, 20 * 4 * 17 * 512);
-    char *j = report_text(img);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_disk(img, b->exp, 20 * 4 * 17 * 512);
+    char *j = unit_report_json(img, false);
     ck_assert_ptr_nonnull(strstr(j, "\"subformat\": \"fixed\""));
     ck_assert_ptr_nonnull(strstr(j, "\"size_from\": \"geometry\""));
     free(j);
@@ -437,8 +298,8 @@ START_TEST(vhd_fixed_current_size)
         vhd_finish(b);
         char *p = vhd_file(b, "cur.vhd");
         struct vimage *img = open_img(p);
-        ck_assert_uint_eq(nproblems(img), 0);
-        check_bytes(img, b->exp, 500224);
+        ck_assert_uint_eq(unit_nproblems(img), 0);
+        unit_check_disk(img, b->exp, 500224);
         vimage_unref(img);
         vhd_free(b);
         free(p);
@@ -458,8 +319,8 @@ START_TEST(vhd_fixed_max_geometry)
     vhd_finish(b);
     char *p = vhd_file(b, "maxgeo.vhd");
     struct vimage *img = open_img(p);
-    ck_assert_uint_eq(nproblems(img), 0);
-    check_bytes(img, b->exp, 1 << 20);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_disk(img, b->exp, 1 << 20);
     vimage_unref(img);
     vhd_free(b);
     free(p);
@@ -476,8 +337,8 @@ START_TEST(vhd_fixed_old_footer)
     char *p = vhd_file(b, "old.vhd");
     struct vimage *img = open_img(p);
     ck_assert_ptr_nonnull(img);
-    ck_assert_uint_eq(nproblems(img), 0);
-    check_bytes(img, b->exp, b->size);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_disk(img, b->exp, b->size);
     vimage_unref(img);
     vhd_free(b);
     free(p);
@@ -494,10 +355,10 @@ START_TEST(vhd_fixed_truncated)
     memmove(b->f.d + keep, b->f.d + b->f.len - 512, 512);
     char *p = write_file("short.vhd", b->f.d, (size_t)keep + 512);
     struct vimage *img = open_img(p);
-    ck_assert(has_problem(img, "holds only 51200 bytes"));
-    check_range(img, b->exp, 0, keep);
-    ck_assert(read_fails(img, keep - 512, 1024));
-    ck_assert(read_fails(img, b->size - 512, 512));
+    ck_assert(unit_has_problem(img, "holds only 51200 bytes"));
+    unit_check_range(img, b->exp, 0, keep);
+    ck_assert_int_eq(unit_read_err(img, keep - 512, 1024), -EIO);
+    ck_assert_int_eq(unit_read_err(img, b->size - 512, 512), -EIO);
     vimage_unref(img);
     vhd_free(b);
     free(p);
@@ -514,18 +375,14 @@ START_TEST(vhd_dynamic)
     vhd_finish(b);
     char *p = vhd_file(b, "dyn.vhd");
     struct vimage *img = open_img(p);
-    ck_assert_uint_eq(nproblems(img), 0);
-    check_bytes(img, b->exp, b->size);
-    extent_at(img, 0, true, 192 << 10);
-    extent_at(img, 192 << 10, false, (5 << 20) - (192 << 10));
-    struct vrun run;     /* one run per block: bitmaps lie between blocks */
-    ck_assert_int_eq(img->layers[0]->drv->map(img->layers[0], 100, 1 << 20, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, (64 << 10) - 100);
-    ck_assert_int_eq(img->layers[0]->drv->map(img->layers[0], 192 << 10, img->size - (192 << 10), &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_ZERO);
-    ck_assert_uint_eq(run.len, (5 << 20) - (192 << 10));
-    char *j = report_text(img);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_disk(img, b->exp, b->size);
+    unit_extent_at(img, 0, true, 192 << 10);
+    unit_extent_at(img, 192 << 10, false, (5 << 20) - (192 << 10));
+    /* One run per block: bitmaps lie between blocks. */
+    unit_run_at(img, 100, 1 << 20, VRUN_DATA, (64 << 10) - 100);
+    unit_run_at(img, 192 << 10, img->size - (192 << 10), VRUN_ZERO, (5 << 20) - (192 << 10));
+    char *j = unit_report_json(img, false);
     ck_assert_ptr_nonnull(strstr(j, "\"subformat\": \"dynamic\""));
     ck_assert_ptr_nonnull(strstr(j, "\"block_size\": 65536"));
     free(j);
@@ -544,8 +401,8 @@ START_TEST(vhd_dynamic_small_blocks)
     vhd_finish(b);
     char *p = vhd_file(b, "small.vhd");
     struct vimage *img = open_img(p);
-    ck_assert_uint_eq(nproblems(img), 0);
-    check_bytes(img, b->exp, b->size);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_disk(img, b->exp, b->size);
     vimage_unref(img);
     vhd_free(b);
     free(p);
@@ -588,10 +445,10 @@ START_TEST(vhd_diff_w2ru)
     vhd_finish(b);
     char *p = vhd_file(b, "child.vhd");
     struct vimage *img = open_img(p);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     ck_assert_uint_eq(img->nlayers, 2);
-    check_bytes(img, b->exp, b->size);
-    char *j = report_text(img);
+    unit_check_disk(img, b->exp, b->size);
+    char *j = unit_report_json(img, false);
     ck_assert_ptr_nonnull(strstr(j, "\"platform\": \"W2ru\""));
     ck_assert_ptr_nonnull(strstr(j, "\"path\": \".\\\\parent.vhd\""));
     free(j);
@@ -632,9 +489,9 @@ START_TEST(vhd_diff_parent_candidates)
         vhd_finish(b);
         char *p = vhd_file(b, "kid.vhd");
         struct vimage *img = open_img(p);
-        ck_assert_msg(nproblems(img) == 0, "way %d", way);
+        ck_assert_msg(unit_nproblems(img) == 0, "way %d", way);
         ck_assert_uint_eq(img->nlayers, 2);
-        check_bytes(img, b->exp, b->size);
+        unit_check_disk(img, b->exp, b->size);
         vimage_unref(img);
         vhd_free(b);
         free(p);
@@ -667,9 +524,9 @@ START_TEST(vhd_diff_chain_of_three)
     vhd_finish(top);
     char *p2 = vhd_file(top, "top.vhd");
     struct vimage *img = open_img(p2);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     ck_assert_uint_eq(img->nlayers, 3);
-    check_bytes(img, top->exp, top->size);
+    unit_check_disk(img, top->exp, top->size);
     vimage_unref(img);
     vhd_free(base);
     vhd_free(mid);
@@ -688,11 +545,11 @@ START_TEST(vhd_diff_missing_parent)
     vhd_finish(b);
     char *p = vhd_file(b, "orphan.vhd");
     struct vimage *img = open_img(p);
-    ck_assert(has_problem(img, "gone.vhd"));
-    check_range(img, b->exp, 512, 512);          /* the child's own sector */
-    check_range(img, b->exp, 300 << 10, 64 << 10);
-    ck_assert(read_fails(img, 0, 512));          /* the parent's */
-    ck_assert(read_fails(img, 1 << 20, 4096));
+    ck_assert(unit_has_problem(img, "gone.vhd"));
+    unit_check_range(img, b->exp, 512, 512);          /* the child's own sector */
+    unit_check_range(img, b->exp, 300 << 10, 64 << 10);
+    ck_assert_int_eq(unit_read_err(img, 0, 512), -EIO);          /* the parent's */
+    ck_assert_int_eq(unit_read_err(img, 1 << 20, 4096), -EIO);
     vimage_unref(img);
     vhd_free(b);
     vhd_free(par);
@@ -707,10 +564,10 @@ START_TEST(vhd_diff_no_parent_named)
     vhd_finish(b);
     char *p = vhd_file(b, "anon.vhd");
     struct vimage *img = open_img(p);
-    ck_assert(has_problem(img, "names no parent"));
-    check_range(img, b->exp, 512, 512);
-    ck_assert(read_fails(img, 0, 512));
-    ck_assert(read_fails(img, 2 << 20, 512));    /* an unallocated block */
+    ck_assert(unit_has_problem(img, "names no parent"));
+    unit_check_range(img, b->exp, 512, 512);
+    ck_assert_int_eq(unit_read_err(img, 0, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 2 << 20, 512), -EIO);    /* an unallocated block */
     vimage_unref(img);
     vhd_free(b);
     vhd_free(par);
@@ -729,9 +586,9 @@ START_TEST(vhd_diff_loop)
     vhd_finish(b);
     char *pa = vhd_file(a, "loop-a.vhd"), *pb = vhd_file(b, "loop-b.vhd");
     struct vimage *img = open_img(pa);
-    ck_assert(has_problem(img, "loop"));
-    check_range(img, a->exp, 512, 512);
-    ck_assert(read_fails(img, 2 << 20, 512));
+    ck_assert(unit_has_problem(img, "loop"));
+    unit_check_range(img, a->exp, 512, 512);
+    ck_assert_int_eq(unit_read_err(img, 2 << 20, 512), -EIO);
     vimage_unref(img);
     vhd_free(a);
     vhd_free(b);
@@ -757,9 +614,9 @@ START_TEST(vhd_footer_damaged_uses_copy)
         char *p = write_file("dmg.vhd", b->f.d, len);
         struct vimage *img = open_img(p);
         ck_assert_ptr_nonnull(img);
-        ck_assert(has_problem(img, "using its copy at offset 0"));
-        check_bytes(img, b->exp, b->size);
-        char *j = report_text(img);
+        ck_assert(unit_has_problem(img, "using its copy at offset 0"));
+        unit_check_disk(img, b->exp, b->size);
+        char *j = unit_report_json(img, false);
         ck_assert_ptr_nonnull(strstr(j, "\"footer\": \"copy at offset 0\""));
         free(j);
         vimage_unref(img);
@@ -778,8 +635,8 @@ START_TEST(vhd_footer_both_bad_checksums)
     b->f.d[84] ^= 1;
     char *p = vhd_file(b, "sums.vhd");
     struct vimage *img = open_img(p);
-    ck_assert(has_problem(img, "used unverified"));
-    check_bytes(img, b->exp, b->size);
+    ck_assert(unit_has_problem(img, "used unverified"));
+    unit_check_disk(img, b->exp, b->size);
     vimage_unref(img);
     vhd_free(b);
     free(p);
@@ -789,25 +646,22 @@ END_TEST
 START_TEST(vhd_no_footer)
 {
     /* No cookie anywhere: a .vhd that is not a VHD is listed as damaged. */
-    struct buf f = {0};
-    grow(&f, 8192);
+    struct unit_buf f = {0};
+    unit_grow(&f, 8192);
     memset(f.d, 0x5a, 8192);
     char *p = write_file("junk.vhd", f.d, f.len);
     struct vimage *img = open_img(p);
-    ck_assert_ptr_nonnull(img);
-    ck_assert(img->top_failed);
-    ck_assert(has_problem(img, "not a disk image"));
+    unit_check_refused(img, "not a disk image");
     /* A cookie at offset 0 but nothing else right. */
     memcpy(f.d, "conectix", 8);
     char *p2 = write_file("junk2.vhd", f.d, f.len);
     struct vimage *img2 = open_img(p2);
     ck_assert(img2->top_failed);
-    ck_assert(has_problem(img2, "used unverified") || has_problem(img2, "disk type"));
+    ck_assert(unit_has_problem(img2, "used unverified") || unit_has_problem(img2, "disk type"));
     /* Shorter than a footer. */
     char *p3 = write_file("tiny.vhd", "conectix", 8);
     struct vimage *img3 = open_img(p3);
-    ck_assert(img3->top_failed);
-    ck_assert(has_problem(img3, "too short"));
+    unit_check_refused(img3, "too short");
     vimage_unref(img);
     vimage_unref(img2);
     vimage_unref(img3);
@@ -820,12 +674,7 @@ END_TEST
 
 START_TEST(vhd_bad_fields)
 {
-    struct {
-        uint64_t off;
-        uint64_t val;
-        unsigned n;
-        const char *problem;
-    } cases[] = {
+    static const struct bad_field cases[] = {
         {60, 7, 4, "disk type 7"},
         {512 + 32, 3000, 4, "block size 3000"},
         {512 + 32, 0, 4, "block size 0"},
@@ -836,20 +685,16 @@ START_TEST(vhd_bad_fields)
         struct vhdb *b = vhd_new(VHD_DYNAMIC, 20, 16, 63, 0, "qemu", 64 << 10);
         vhd_write(b, 0, 5000, 9);
         if (cases[i].off >= 512)      /* the header checksum stays right */
-            put_be(&b->f, cases[i].off, cases[i].val, cases[i].n);
+            unit_put_be(&b->f, cases[i].off, cases[i].val, cases[i].n);
         vhd_finish(b);
         if (cases[i].off < 512) {     /* both footers, checksums right */
-            put_be(&b->f, cases[i].off, cases[i].val, cases[i].n);
-            put_be(&b->f, 64, 0, 4);
-            put_be(&b->f, 64, checksum(b->f.d, 512, 64), 4);
+            unit_put_be(&b->f, cases[i].off, cases[i].val, cases[i].n);
+            unit_put_be(&b->f, 64, 0, 4);
+            unit_put_be(&b->f, 64, checksum(b->f.d, 512, 64), 4);
             memcpy(b->f.d + b->f.len - 512, b->f.d, 512);
         }
         char *p = vhd_file(b, "bad.vhd");
-        struct vimage *img = open_img(p);
-        ck_assert_ptr_nonnull(img);
-        ck_assert_msg(img->top_failed, "case %zu", i);
-        ck_assert_msg(has_problem(img, cases[i].problem), "case %zu", i);
-        vimage_unref(img);
+        expect_refused(p, &cases[i]);
         vhd_free(b);
         free(p);
     }
@@ -864,8 +709,7 @@ START_TEST(vhd_absurd_size)
     vhd_footer(b, b->f.len - 512, 512);
     char *p = vhd_file(b, "huge.vhd");
     struct vimage *img = open_img(p);
-    ck_assert(img->top_failed);
-    ck_assert(has_problem(img, "absurd"));
+    unit_check_refused(img, "absurd");
     vimage_unref(img);
     vhd_free(b);
     free(p);
@@ -880,8 +724,8 @@ START_TEST(vhd_dyn_header_checksum)
     b->f.d[512 + 800] ^= 0x10;             /* reserved bytes: the sum fails */
     char *p = vhd_file(b, "hsum.vhd");
     struct vimage *img = open_img(p);
-    ck_assert(has_problem(img, "dynamic disk header has checksum"));
-    check_bytes(img, b->exp, b->size);
+    ck_assert(unit_has_problem(img, "dynamic disk header has checksum"));
+    unit_check_disk(img, b->exp, b->size);
     vimage_unref(img);
     vhd_free(b);
     free(p);
@@ -893,35 +737,35 @@ START_TEST(vhd_bat_damage)
     struct vhdb *b = vhd_new(VHD_DYNAMIC, 20, 16, 63, 0, "qemu", 64 << 10);
     vhd_write(b, 0, 200 << 10, 9);            /* blocks 0..3 */
     vhd_finish(b);
-    put_be(&b->f, b->bat_off + 4, 0x7fffff00, 4);   /* block 1 far past the end */
+    unit_put_be(&b->f, b->bat_off + 4, 0x7fffff00, 4);   /* block 1 far past the end */
     char *p = vhd_file(b, "bat.vhd");
     struct vimage *img = open_img(p);
-    ck_assert_uint_eq(nproblems(img), 0);
-    check_range(img, b->exp, 0, 64 << 10);
-    ck_assert(read_fails(img, 64 << 10, 512));
-    ck_assert(has_problem(img, "block 1 "));
-    check_range(img, b->exp, 128 << 10, 72 << 10);
-    check_range(img, b->exp, 1 << 20, 1 << 20);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_range(img, b->exp, 0, 64 << 10);
+    ck_assert_int_eq(unit_read_err(img, 64 << 10, 512), -EIO);
+    ck_assert(unit_has_problem(img, "block 1 "));
+    unit_check_range(img, b->exp, 128 << 10, 72 << 10);
+    unit_check_range(img, b->exp, 1 << 20, 1 << 20);
     vimage_unref(img);
     /* The whole table past the end of the file. */
-    put_be(&b->f, 512 + 16, 1ull << 40, 8);
-    put_be(&b->f, 512 + 36, 0, 4);
-    put_be(&b->f, 512 + 36, checksum(b->f.d + 512, 1024, 36), 4);
+    unit_put_be(&b->f, 512 + 16, 1ull << 40, 8);
+    unit_put_be(&b->f, 512 + 36, 0, 4);
+    unit_put_be(&b->f, 512 + 36, checksum(b->f.d + 512, 1024, 36), 4);
     char *p2 = vhd_file(b, "bat2.vhd");
     img = open_img(p2);
-    ck_assert(has_problem(img, "lie past the end of the file"));
-    ck_assert(read_fails(img, 0, 512));
+    ck_assert(unit_has_problem(img, "lie past the end of the file"));
+    ck_assert_int_eq(unit_read_err(img, 0, 512), -EIO);
     vimage_unref(img);
     /* Too few entries for the disk. */
-    put_be(&b->f, 512 + 16, b->bat_off, 8);
-    put_be(&b->f, 512 + 28, 3, 4);
-    put_be(&b->f, 512 + 36, 0, 4);
-    put_be(&b->f, 512 + 36, checksum(b->f.d + 512, 1024, 36), 4);
+    unit_put_be(&b->f, 512 + 16, b->bat_off, 8);
+    unit_put_be(&b->f, 512 + 28, 3, 4);
+    unit_put_be(&b->f, 512 + 36, 0, 4);
+    unit_put_be(&b->f, 512 + 36, checksum(b->f.d + 512, 1024, 36), 4);
     char *p3 = vhd_file(b, "bat3.vhd");
     img = open_img(p3);
-    ck_assert(has_problem(img, "too few"));
-    check_range(img, b->exp, 0, 3000);
-    ck_assert(read_fails(img, 3 * (64 << 10), 512));
+    ck_assert(unit_has_problem(img, "too few"));
+    unit_check_range(img, b->exp, 0, 3000);
+    ck_assert_int_eq(unit_read_err(img, 3 * (64 << 10), 512), -EIO);
     vimage_unref(img);
     vhd_free(b);
     free(p);
@@ -942,12 +786,12 @@ START_TEST(vhd_truncated_dynamic)
     size_t cut = (size_t)(bm1 + 512 + 8192);
     char *p = write_file("cut.vhd", b->f.d, cut);
     struct vimage *img = open_img(p);
-    ck_assert(has_problem(img, "copy at offset 0"));
-    check_range(img, b->exp, 0, 64 << 10);
-    check_range(img, b->exp, 1 << 20, 8192);
-    ck_assert(read_fails(img, (1 << 20) + 8192, 512));
-    ck_assert(has_problem(img, "past the end of the file"));
-    check_range(img, b->exp, 2 << 20, 4096);   /* unallocated: zeros */
+    ck_assert(unit_has_problem(img, "copy at offset 0"));
+    unit_check_range(img, b->exp, 0, 64 << 10);
+    unit_check_range(img, b->exp, 1 << 20, 8192);
+    ck_assert_int_eq(unit_read_err(img, (1 << 20) + 8192, 512), -EIO);
+    ck_assert(unit_has_problem(img, "past the end of the file"));
+    unit_check_range(img, b->exp, 2 << 20, 4096);   /* unallocated: zeros */
     vimage_unref(img);
     vhd_free(b);
     free(p);
@@ -975,16 +819,16 @@ START_TEST(vhd_huge_counts)
      * allocated for it beyond what the disk needs. */
     struct vhdb *b = vhd_new(VHD_DYNAMIC, 20, 16, 63, 0, "qemu", 64 << 10);
     vhd_write(b, 0, 5000, 9);
-    put_be(&b->f, 512 + 28, 0xffffffff, 4);
+    unit_put_be(&b->f, 512 + 28, 0xffffffff, 4);
     vhd_finish(b);
     char *p = vhd_file(b, "many.vhd");
     struct vimage *img = open_img(p);
-    ck_assert_uint_eq(nproblems(img), 0);
-    check_bytes(img, b->exp, b->size);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_disk(img, b->exp, b->size);
     vimage_unref(img);
-    put_be(&b->f, 512 + 32, 1u << 31, 4);           /* 2 GiB blocks */
-    put_be(&b->f, 512 + 36, 0, 4);
-    put_be(&b->f, 512 + 36, checksum(b->f.d + 512, 1024, 36), 4);
+    unit_put_be(&b->f, 512 + 32, 1u << 31, 4);           /* 2 GiB blocks */
+    unit_put_be(&b->f, 512 + 36, 0, 4);
+    unit_put_be(&b->f, 512 + 36, checksum(b->f.d + 512, 1024, 36), 4);
     char *p2 = vhd_file(b, "bigblocks.vhd");
     img = open_img(p2);
     ck_assert_ptr_nonnull(img);
@@ -1034,7 +878,7 @@ START_TEST(vhd_parallel_readers)
     vhd_finish(b);
     char *p = vhd_file(b, "child.vhd");
     struct vimage *img = open_img(p);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     pthread_t th[6];
     struct par_arg args[6];
     for (int i = 0; i < 6; i++) {
@@ -1058,7 +902,7 @@ END_TEST
  * ---------------------------------------------------------------------- */
 
 struct vdib {
-    struct buf f;
+    struct unit_buf f;
     uint64_t size;
     uint32_t bs, extra, blocks, nalloc;
     uint32_t off_bmap, off_data;
@@ -1075,22 +919,22 @@ static struct vdib *vdi_new(uint32_t type, uint64_t disk_size, uint32_t bs, uint
     b->off_bmap = 512;
     b->off_data = (uint32_t)((512 + (uint64_t)b->blocks * 4 + 511) / 512 * 512);
     b->exp = calloc(1, (size_t)b->size + 1);
-    struct buf *f = &b->f;
-    grow(f, b->off_data);
+    struct unit_buf *f = &b->f;
+    unit_grow(f, b->off_data);
     memset(f->d + 512, 0xff, (size_t)b->blocks * 4);
     memcpy(f->d, "<<< Oracle VM VirtualBox Disk Image >>>\n", 40);
-    put_le(f, 0x40, 0xbeda107f, 4);
-    put_le(f, 0x44, 0x00010001, 4);
-    put_le(f, 0x48, 0x190, 4);
-    put_le(f, 0x4c, type, 4);
+    unit_put_le(f, 0x40, 0xbeda107f, 4);
+    unit_put_le(f, 0x44, 0x00010001, 4);
+    unit_put_le(f, 0x48, 0x190, 4);
+    unit_put_le(f, 0x4c, type, 4);
     memcpy(f->d + 0x54, "a test disk", 11);
-    put_le(f, 0x154, b->off_bmap, 4);
-    put_le(f, 0x158, b->off_data, 4);
-    put_le(f, 0x168, 512, 4);
-    put_le(f, 0x170, disk_size, 8);
-    put_le(f, 0x178, bs, 4);
-    put_le(f, 0x17c, extra, 4);
-    put_le(f, 0x180, b->blocks, 4);
+    unit_put_le(f, 0x154, b->off_bmap, 4);
+    unit_put_le(f, 0x158, b->off_data, 4);
+    unit_put_le(f, 0x168, 512, 4);
+    unit_put_le(f, 0x170, disk_size, 8);
+    unit_put_le(f, 0x178, bs, 4);
+    unit_put_le(f, 0x17c, extra, 4);
+    unit_put_le(f, 0x180, b->blocks, 4);
     for (int i = 0; i < 16; i++)
         f->d[0x188 + i] = (uint8_t)(0x10 + i);
     return b;
@@ -1108,11 +952,11 @@ static uint64_t vdi_block(struct vdib *b, uint64_t blk)
     uint32_t e = get_le32(b->f.d + b->off_bmap + blk * 4);
     if (e >= 0xfffffffe) {
         e = b->nalloc++;
-        put_le(&b->f, b->off_bmap + blk * 4, e, 4);
-        put_le(&b->f, 0x184, b->nalloc, 4);
+        unit_put_le(&b->f, b->off_bmap + blk * 4, e, 4);
+        unit_put_le(&b->f, 0x184, b->nalloc, 4);
     }
     uint64_t pos = b->off_data + (uint64_t)e * (b->bs + b->extra) + b->extra;
-    grow(&b->f, (size_t)(pos + b->bs));
+    unit_grow(&b->f, (size_t)(pos + b->bs));
     return pos;
 }
 
@@ -1120,8 +964,8 @@ static void vdi_write(struct vdib *b, uint64_t off, uint64_t len, uint8_t tag)
 {
     for (uint64_t g = off; g < off + len; g++) {
         uint64_t pos = vdi_block(b, g / b->bs);
-        b->f.d[pos + g % b->bs] = pat(tag, g);
-        b->exp[g] = pat(tag, g);
+        b->f.d[pos + g % b->bs] = unit_pat(tag, g);
+        b->exp[g] = unit_pat(tag, g);
     }
 }
 
@@ -1146,16 +990,16 @@ START_TEST(vdi_dynamic)
     vdi_write(b, 2 << 20, 100000, 1);       /* allocated first, stored first */
     vdi_write(b, 0, 1000, 2);
     vdi_write(b, 70000, 200, 3);
-    put_le(&b->f, b->off_bmap + 10 * 4, 0xfffffffe, 4);   /* discarded */
+    unit_put_le(&b->f, b->off_bmap + 10 * 4, 0xfffffffe, 4);   /* discarded */
     char *p = vdi_file(b, "dyn.vdi");
     struct vimage *img = open_img(p);
     ck_assert_ptr_nonnull(img);
     ck_assert_str_eq(vimage_format(img), "vdi");
-    ck_assert_uint_eq(nproblems(img), 0);
-    check_bytes(img, b->exp, b->size);
-    extent_at(img, 0, true, 128 << 10);
-    extent_at(img, 128 << 10, false, (2 << 20) - (128 << 10));
-    char *j = report_text(img);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_disk(img, b->exp, b->size);
+    unit_extent_at(img, 0, true, 128 << 10);
+    unit_extent_at(img, 128 << 10, false, (2 << 20) - (128 << 10));
+    char *j = unit_report_json(img, false);
     ck_assert_ptr_nonnull(strstr(j, "\"image_type\": \"dynamic\""));
     ck_assert_ptr_nonnull(strstr(j, "\"blocks_allocated\": 4"));
     ck_assert_ptr_nonnull(strstr(j, "\"uuid\": \"13121110-1514-1716-1819-1a1b1c1d1e1f\""));
@@ -1174,13 +1018,10 @@ START_TEST(vdi_static_one_run)
     vdi_write(b, 12345, 3 << 20, 4);
     char *p = vdi_file(b, "static.vdi");
     struct vimage *img = open_img(p);
-    ck_assert_uint_eq(nproblems(img), 0);
-    check_bytes(img, b->exp, b->size);
-    struct vrun run;
-    ck_assert_int_eq(img->layers[0]->drv->map(img->layers[0], 100, (5 << 20) - 100, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, (5 << 20) - 100);
-    char *j = report_text(img);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_disk(img, b->exp, b->size);
+    unit_run_at(img, 100, (5 << 20) - 100, VRUN_DATA, (5 << 20) - 100);
+    char *j = unit_report_json(img, false);
     ck_assert_ptr_nonnull(strstr(j, "\"image_type\": \"static\""));
     free(j);
     vimage_unref(img);
@@ -1200,8 +1041,8 @@ START_TEST(vdi_block_extra_and_odd_size)
     memset(b->f.d + b->off_data, 0xee, 512);  /* extra data of the first block */
     char *p = vdi_file(b, "extra.vdi");
     struct vimage *img = open_img(p);
-    ck_assert_uint_eq(nproblems(img), 0);
-    check_bytes(img, b->exp, b->size);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_disk(img, b->exp, b->size);
     vimage_unref(img);
     vdi_free(b);
     free(p);
@@ -1210,12 +1051,7 @@ END_TEST
 
 START_TEST(vdi_bad_headers)
 {
-    struct {
-        uint64_t off;
-        uint64_t val;
-        unsigned n;
-        const char *problem;
-    } cases[] = {
+    static const struct bad_field cases[] = {
         {0x44, 0x00010000, 4, "version 1.0"},
         {0x4c, 9, 4, "image type 9"},
         {0x178, 3000, 4, "block size 3000"},
@@ -1227,20 +1063,16 @@ START_TEST(vdi_bad_headers)
     for (size_t i = 0; i < VMFS_ARRAY_SIZE(cases); i++) {
         struct vdib *b = vdi_new(1, 1 << 20, 64 << 10, 0);
         vdi_write(b, 0, 100, 1);
-        put_le(&b->f, cases[i].off, cases[i].val, cases[i].n);
+        unit_put_le(&b->f, cases[i].off, cases[i].val, cases[i].n);
         char *p = vdi_file(b, "bad.vdi");
-        struct vimage *img = open_img(p);
-        ck_assert_ptr_nonnull(img);
-        ck_assert_msg(img->top_failed, "case %zu", i);
-        ck_assert_msg(has_problem(img, cases[i].problem), "case %zu", i);
-        vimage_unref(img);
+        expect_refused(p, &cases[i]);
         vdi_free(b);
         free(p);
     }
     /* Bad signature: not claimed at all (an unknown file), or as damaged
      * by its extension. */
     struct vdib *b = vdi_new(1, 1 << 20, 64 << 10, 0);
-    put_le(&b->f, 0x40, 0x12345678, 4);
+    unit_put_le(&b->f, 0x40, 0x12345678, 4);
     char *p = vdi_file(b, "nosig.bin");
     ck_assert_ptr_null(open_img(p));
     char *p2 = vdi_file(b, "nosig.vdi");
@@ -1248,11 +1080,10 @@ START_TEST(vdi_bad_headers)
     ck_assert(img->top_failed);
     vimage_unref(img);
     /* Truncated header. */
-    put_le(&b->f, 0x40, 0xbeda107f, 4);
+    unit_put_le(&b->f, 0x40, 0xbeda107f, 4);
     char *p3 = write_file("trunc.vdi", b->f.d, 300);
     img = open_img(p3);
-    ck_assert(img->top_failed);
-    ck_assert(has_problem(img, "too short"));
+    unit_check_refused(img, "too short");
     vimage_unref(img);
     vdi_free(b);
     free(p);
@@ -1265,40 +1096,40 @@ START_TEST(vdi_map_damage)
 {
     struct vdib *b = vdi_new(1, 1 << 20, 64 << 10, 0);
     vdi_write(b, 0, 200 << 10, 1);            /* blocks 0..3 */
-    put_le(&b->f, b->off_bmap + 4, 0x7ffffff0, 4);   /* block 1 far away */
+    unit_put_le(&b->f, b->off_bmap + 4, 0x7ffffff0, 4);   /* block 1 far away */
     char *p = vdi_file(b, "dmg.vdi");
     struct vimage *img = open_img(p);
-    ck_assert_uint_eq(nproblems(img), 0);
-    check_range(img, b->exp, 0, 64 << 10);
-    ck_assert(read_fails(img, 64 << 10, 512));
-    ck_assert(has_problem(img, "block 1 "));
-    check_range(img, b->exp, 128 << 10, 72 << 10);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_range(img, b->exp, 0, 64 << 10);
+    ck_assert_int_eq(unit_read_err(img, 64 << 10, 512), -EIO);
+    ck_assert(unit_has_problem(img, "block 1 "));
+    unit_check_range(img, b->exp, 128 << 10, 72 << 10);
     vimage_unref(img);
     /* The block map past the end of the file. */
-    put_le(&b->f, 0x154, 0x7ffffe00, 4);
+    unit_put_le(&b->f, 0x154, 0x7ffffe00, 4);
     char *p2 = vdi_file(b, "dmg2.vdi");
     img = open_img(p2);
-    ck_assert(has_problem(img, "lie past the end of the file"));
-    ck_assert(read_fails(img, 0, 512));
+    ck_assert(unit_has_problem(img, "lie past the end of the file"));
+    ck_assert_int_eq(unit_read_err(img, 0, 512), -EIO);
     vimage_unref(img);
     /* Fewer blocks than the disk needs. */
-    put_le(&b->f, 0x154, b->off_bmap, 4);
-    put_le(&b->f, 0x180, 2, 4);
+    unit_put_le(&b->f, 0x154, b->off_bmap, 4);
+    unit_put_le(&b->f, 0x180, 2, 4);
     char *p3 = vdi_file(b, "dmg3.vdi");
     img = open_img(p3);
-    ck_assert(has_problem(img, "too few"));
-    check_range(img, b->exp, 0, 1000);
-    ck_assert(read_fails(img, 128 << 10, 512));
+    ck_assert(unit_has_problem(img, "too few"));
+    unit_check_range(img, b->exp, 0, 1000);
+    ck_assert_int_eq(unit_read_err(img, 128 << 10, 512), -EIO);
     vimage_unref(img);
     /* Truncated in the middle of the data. */
-    put_le(&b->f, 0x180, b->blocks, 4);
-    put_le(&b->f, b->off_bmap + 4, 1, 4);
+    unit_put_le(&b->f, 0x180, b->blocks, 4);
+    unit_put_le(&b->f, b->off_bmap + 4, 1, 4);
     char *p4 = write_file("dmg4.vdi", b->f.d, b->off_data + (100 << 10));
     img = open_img(p4);
-    check_range(img, b->exp, 0, 64 << 10);
-    ck_assert(read_fails(img, 64 << 10, 512));
-    ck_assert(read_fails(img, 128 << 10, 512));
-    check_range(img, b->exp, 256 << 10, 64 << 10);
+    unit_check_range(img, b->exp, 0, 64 << 10);
+    ck_assert_int_eq(unit_read_err(img, 64 << 10, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 128 << 10, 512), -EIO);
+    unit_check_range(img, b->exp, 256 << 10, 64 << 10);
     vimage_unref(img);
     vdi_free(b);
     free(p);
@@ -1313,12 +1144,12 @@ START_TEST(vdi_huge_counts)
     /* 4 Gi blocks in the header: only the entries the disk needs count. */
     struct vdib *b = vdi_new(1, 1 << 20, 64 << 10, 0);
     vdi_write(b, 0, 70000, 1);
-    put_le(&b->f, 0x180, 0xffffffff, 4);
-    put_le(&b->f, 0x184, 0xffffffff, 4);
+    unit_put_le(&b->f, 0x180, 0xffffffff, 4);
+    unit_put_le(&b->f, 0x184, 0xffffffff, 4);
     char *p = vdi_file(b, "many.vdi");
     struct vimage *img = open_img(p);
-    ck_assert_uint_eq(nproblems(img), 0);
-    check_bytes(img, b->exp, b->size);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_disk(img, b->exp, b->size);
     vimage_unref(img);
     vdi_free(b);
     free(p);
@@ -1329,15 +1160,15 @@ START_TEST(vdi_differencing)
 {
     struct vdib *b = vdi_new(4, 1 << 20, 64 << 10, 0);
     vdi_write(b, 0, 5000, 1);
-    put_le(&b->f, b->off_bmap + 5 * 4, 0xfffffffe, 4);
+    unit_put_le(&b->f, b->off_bmap + 5 * 4, 0xfffffffe, 4);
     for (int i = 0; i < 16; i++)
         b->f.d[0x1a8 + i] = (uint8_t)(0x30 + i);
     char *p = vdi_file(b, "diff.vdi");
     struct vimage *img = open_img(p);
-    ck_assert(has_problem(img, "differencing image"));
-    check_range(img, b->exp, 0, 5000);
-    check_range(img, b->exp, 5 << 16, 1 << 16);   /* discarded: zeros */
-    ck_assert(read_fails(img, 2 << 16, 512));      /* from the parent */
+    ck_assert(unit_has_problem(img, "differencing image"));
+    unit_check_range(img, b->exp, 0, 5000);
+    unit_check_range(img, b->exp, 5 << 16, 1 << 16);   /* discarded: zeros */
+    ck_assert_int_eq(unit_read_err(img, 2 << 16, 512), -EIO);      /* from the parent */
     vimage_unref(img);
     vdi_free(b);
     free(p);
@@ -1349,7 +1180,7 @@ END_TEST
  * ---------------------------------------------------------------------- */
 
 struct qedb {
-    struct buf f;
+    struct unit_buf f;
     uint64_t size, cs, nelems;
     uint32_t ts;
     uint64_t l1_off;
@@ -1364,15 +1195,15 @@ static struct qedb *qed_new(uint64_t size, uint32_t cs, uint32_t ts)
     b->ts = ts;
     b->nelems = (uint64_t)cs * ts / 8;
     b->exp = calloc(1, (size_t)size + 1);
-    struct buf *f = &b->f;
-    grow(f, cs);
-    put_le(f, 0, 0x00444551, 4);
-    put_le(f, 4, cs, 4);
-    put_le(f, 8, ts, 4);
-    put_le(f, 12, 1, 4);
-    put_le(f, 48, size, 8);
-    b->l1_off = append(f, (uint64_t)cs * ts, cs);
-    put_le(f, 40, b->l1_off, 8);
+    struct unit_buf *f = &b->f;
+    unit_grow(f, cs);
+    unit_put_le(f, 0, 0x00444551, 4);
+    unit_put_le(f, 4, cs, 4);
+    unit_put_le(f, 8, ts, 4);
+    unit_put_le(f, 12, 1, 4);
+    unit_put_le(f, 48, size, 8);
+    b->l1_off = unit_append(f, (uint64_t)cs * ts, cs);
+    unit_put_le(f, 40, b->l1_off, 8);
     return b;
 }
 
@@ -1389,8 +1220,8 @@ static uint64_t l2_slot(struct qedb *b, uint64_t g)
     uint64_t l1e = b->l1_off + g / span * 8;
     uint64_t l2 = get_le64(b->f.d + l1e);
     if (!l2) {
-        l2 = append(&b->f, b->cs * b->ts, b->cs);
-        put_le(&b->f, l1e, l2, 8);
+        l2 = unit_append(&b->f, b->cs * b->ts, b->cs);
+        unit_put_le(&b->f, l1e, l2, 8);
     }
     return l2 + (g / b->cs % b->nelems) * 8;
 }
@@ -1401,13 +1232,13 @@ static void qed_write(struct qedb *b, uint64_t off, uint64_t len, uint8_t tag)
         uint64_t slot = l2_slot(b, g);
         uint64_t c = get_le64(b->f.d + slot);
         if (c <= 1) {   /* a new cluster hides the backing file: zeros */
-            c = append(&b->f, b->cs, b->cs);
-            put_le(&b->f, slot, c, 8);
+            c = unit_append(&b->f, b->cs, b->cs);
+            unit_put_le(&b->f, slot, c, 8);
             uint64_t start = g / b->cs * b->cs;
             memset(b->exp + start, 0, (size_t)VMFS_MIN(b->cs, b->size - start));
         }
-        b->f.d[c + g % b->cs] = pat(tag, g);
-        b->exp[g] = pat(tag, g);
+        b->f.d[c + g % b->cs] = unit_pat(tag, g);
+        b->exp[g] = unit_pat(tag, g);
     }
 }
 
@@ -1415,17 +1246,17 @@ static void qed_write(struct qedb *b, uint64_t off, uint64_t len, uint8_t tag)
 static void qed_zero(struct qedb *b, uint64_t off, uint64_t len)
 {
     for (uint64_t g = off; g < off + len; g += b->cs) {
-        put_le(&b->f, l2_slot(b, g), 1, 8);
+        unit_put_le(&b->f, l2_slot(b, g), 1, 8);
         memset(b->exp + g, 0, (size_t)b->cs);
     }
 }
 
 static void qed_backing(struct qedb *b, const char *name, bool raw)
 {
-    put_le(&b->f, 16, 0x01 | (raw ? 0x04 : 0), 8);
-    put_le(&b->f, 56, 64, 4);
-    put_le(&b->f, 60, strlen(name), 4);
-    put_bytes(&b->f, 64, name, strlen(name));
+    unit_put_le(&b->f, 16, 0x01 | (raw ? 0x04 : 0), 8);
+    unit_put_le(&b->f, 56, 64, 4);
+    unit_put_le(&b->f, 60, strlen(name), 4);
+    unit_put_bytes(&b->f, 64, name, strlen(name));
 }
 
 static char *qed_file(struct qedb *b, const char *name)
@@ -1451,16 +1282,11 @@ START_TEST(qed_basic)
         struct vimage *img = open_img(p);
         ck_assert_ptr_nonnull(img);
         ck_assert_str_eq(vimage_format(img), "qed");
-        ck_assert_uint_eq(nproblems(img), 0);
-        check_bytes(img, b->exp, b->size);
-        extent_at(img, 0, true, 12288);
-        struct vrun run;
-        ck_assert_int_eq(img->layers[0]->drv->map(img->layers[0], 100, 20000, &run), 0);
-        ck_assert_int_eq(run.kind, VRUN_DATA);
-        ck_assert_uint_eq(run.len, 12288 - 100);
-        ck_assert_int_eq(img->layers[0]->drv->map(img->layers[0], 5 << 20, 20000, &run), 0);
-        ck_assert_int_eq(run.kind, VRUN_ZERO);
-        ck_assert_uint_eq(run.len, 8192);
+        ck_assert_uint_eq(unit_nproblems(img), 0);
+        unit_check_disk(img, b->exp, b->size);
+        unit_extent_at(img, 0, true, 12288);
+        unit_run_at(img, 100, 20000, VRUN_DATA, 12288 - 100);
+        unit_run_at(img, 5 << 20, 20000, VRUN_ZERO, 8192);
         vimage_unref(img);
         qed_free(b);
         free(p);
@@ -1475,7 +1301,7 @@ START_TEST(qed_backing_raw_and_probed)
     uint64_t size = 2 << 20;
     uint8_t *base = malloc((size_t)size);
     for (uint64_t i = 0; i < size; i++)
-        base[i] = pat(0x55, i);
+        base[i] = unit_pat(0x55, i);
     char *pb = write_file("base.raw", base, (size_t)size - 4096);   /* shorter: zeros past */
     memset(base + size - 4096, 0, 4096);
     struct qedb *mid = qed_new(size, 4096, 4);
@@ -1490,11 +1316,11 @@ START_TEST(qed_backing_raw_and_probed)
     qed_write(top, 103000, 10, 2);
     char *pt = qed_file(top, "top.qed");
     struct vimage *img = open_img(pt);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     ck_assert_uint_eq(img->nlayers, 3);
     ck_assert_str_eq(img->layers[1]->drv->name, "qed");
     ck_assert_str_eq(img->layers[2]->drv->name, "raw");
-    check_bytes(img, top->exp, size);
+    unit_check_disk(img, top->exp, size);
     vimage_unref(img);
     qed_free(mid);
     qed_free(top);
@@ -1519,9 +1345,9 @@ START_TEST(qed_over_vhd)
     qed_write(q, v->size + 1000, 10, 0x63);
     char *pq = qed_file(q, "over.qed");
     struct vimage *img = open_img(pq);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     ck_assert_str_eq(img->layers[1]->drv->name, "vpc");
-    check_bytes(img, q->exp, q->size);
+    unit_check_disk(img, q->exp, q->size);
     vimage_unref(img);
     vhd_free(v);
     qed_free(q);
@@ -1534,14 +1360,14 @@ START_TEST(qed_need_check_and_missing_backing)
 {
     struct qedb *b = qed_new(1 << 20, 4096, 4);
     qed_backing(b, "nowhere.raw", true);
-    put_le(&b->f, 16, 0x01 | 0x02 | 0x04, 8);
+    unit_put_le(&b->f, 16, 0x01 | 0x02 | 0x04, 8);
     qed_write(b, 0, 4096, 1);
     char *p = qed_file(b, "needcheck.qed");
     struct vimage *img = open_img(p);
-    ck_assert(has_problem(img, "nowhere.raw"));
-    check_range(img, b->exp, 0, 4096);
-    ck_assert(read_fails(img, 4096, 512));
-    char *j = report_text(img);
+    ck_assert(unit_has_problem(img, "nowhere.raw"));
+    unit_check_range(img, b->exp, 0, 4096);
+    ck_assert_int_eq(unit_read_err(img, 4096, 512), -EIO);
+    char *j = unit_report_json(img, false);
     ck_assert_ptr_nonnull(strstr(j, "\"need_check\": true"));
     free(j);
     vimage_unref(img);
@@ -1557,9 +1383,9 @@ START_TEST(qed_backing_loop)
     qed_write(b, 0, 4096, 1);
     char *p = qed_file(b, "self.qed");
     struct vimage *img = open_img(p);
-    ck_assert(has_problem(img, "loop"));
-    check_range(img, b->exp, 0, 4096);
-    ck_assert(read_fails(img, 8192, 512));
+    ck_assert(unit_has_problem(img, "loop"));
+    unit_check_range(img, b->exp, 0, 4096);
+    ck_assert_int_eq(unit_read_err(img, 8192, 512), -EIO);
     vimage_unref(img);
     qed_free(b);
     free(p);
@@ -1568,12 +1394,7 @@ END_TEST
 
 START_TEST(qed_bad_headers)
 {
-    struct {
-        uint64_t off;
-        uint64_t val;
-        unsigned n;
-        const char *problem;
-    } cases[] = {
+    static const struct bad_field cases[] = {
         {16, 0x10, 8, "unsupported feature"},
         {4, 3000, 4, "cluster size 3000"},
         {4, 1u << 30, 4, "cluster size"},
@@ -1591,24 +1412,19 @@ START_TEST(qed_bad_headers)
         struct qedb *b = qed_new(1 << 20, 4096, 4);
         qed_backing(b, "x.raw", true);
         qed_write(b, 0, 100, 1);
-        put_le(&b->f, cases[i].off, cases[i].val, cases[i].n);
+        unit_put_le(&b->f, cases[i].off, cases[i].val, cases[i].n);
         char *p = qed_file(b, "bad.qed");
-        struct vimage *img = open_img(p);
-        ck_assert_ptr_nonnull(img);
-        ck_assert_msg(img->top_failed, "case %zu", i);
-        ck_assert_msg(has_problem(img, cases[i].problem), "case %zu", i);
-        vimage_unref(img);
+        expect_refused(p, &cases[i]);
         qed_free(b);
         free(p);
     }
     struct qedb *b = qed_new(1 << 20, 4096, 4);
-    put_le(&b->f, 0, 0x00444552, 4);
+    unit_put_le(&b->f, 0, 0x00444552, 4);
     char *p = qed_file(b, "magic.bin");
     ck_assert_ptr_null(open_img(p));
     char *p2 = write_file("short.qed", "QED\0", 4);
     struct vimage *img = open_img(p2);
-    ck_assert(img->top_failed);
-    ck_assert(has_problem(img, "too short"));
+    unit_check_refused(img, "too short");
     vimage_unref(img);
     qed_free(b);
     free(p);
@@ -1625,29 +1441,29 @@ START_TEST(qed_table_damage)
     qed_write(b, 6 << 20, 8192, 4);
     /* L2 table of the second span past the end; a data cluster past the
      * end; an unaligned data cluster. */
-    put_le(&b->f, b->l1_off + 8, 1ull << 40, 8);
+    unit_put_le(&b->f, b->l1_off + 8, 1ull << 40, 8);
     uint64_t slot = l2_slot(b, 4 << 20);
-    put_le(&b->f, slot, 1ull << 40, 8);
-    put_le(&b->f, l2_slot(b, 6 << 20), 4097, 8);
+    unit_put_le(&b->f, slot, 1ull << 40, 8);
+    unit_put_le(&b->f, l2_slot(b, 6 << 20), 4097, 8);
     char *p = qed_file(b, "tables.qed");
     struct vimage *img = open_img(p);
-    ck_assert_uint_eq(nproblems(img), 0);
-    check_range(img, b->exp, 0, 8192);
-    ck_assert(read_fails(img, 2 << 20, 512));
-    ck_assert(read_fails(img, (3 << 20) + 5, 1));   /* the whole span */
-    ck_assert(read_fails(img, 4 << 20, 512));
-    check_range(img, b->exp, (4 << 20) + 4096, 4096);
-    ck_assert(read_fails(img, 6 << 20, 4096));
-    check_range(img, b->exp, (6 << 20) + 4096, 4096);
-    ck_assert(has_problem(img, "L1 entry 1"));
-    ck_assert(has_problem(img, "data cluster offset"));
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_range(img, b->exp, 0, 8192);
+    ck_assert_int_eq(unit_read_err(img, 2 << 20, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, (3 << 20) + 5, 1), -EIO);   /* the whole span */
+    ck_assert_int_eq(unit_read_err(img, 4 << 20, 512), -EIO);
+    unit_check_range(img, b->exp, (4 << 20) + 4096, 4096);
+    ck_assert_int_eq(unit_read_err(img, 6 << 20, 4096), -EIO);
+    unit_check_range(img, b->exp, (6 << 20) + 4096, 4096);
+    ck_assert(unit_has_problem(img, "L1 entry 1"));
+    ck_assert(unit_has_problem(img, "data cluster offset"));
     vimage_unref(img);
     /* The L1 table cut off by the end of the file. */
     char *p2 = write_file("cut.qed", b->f.d, 4096 + 8);
     img = open_img(p2);
-    ck_assert(has_problem(img, "L1 table at"));
-    ck_assert(read_fails(img, 2 << 20, 512));
-    ck_assert(read_fails(img, 0, 512));     /* its L2 table is gone too */
+    ck_assert(unit_has_problem(img, "L1 table at"));
+    ck_assert_int_eq(unit_read_err(img, 2 << 20, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 0, 512), -EIO);     /* its L2 table is gone too */
     vimage_unref(img);
     qed_free(b);
     free(p);
@@ -1659,21 +1475,21 @@ START_TEST(qed_huge_tables)
 {
     /* 64 MiB clusters, 16-cluster tables: a 1 GiB L1 table the small file
      * cannot hold.  Nothing that size is read or allocated. */
-    struct buf f = {0};
-    grow(&f, 8192);
-    put_le(&f, 0, 0x00444551, 4);
-    put_le(&f, 4, 64u << 20, 4);
-    put_le(&f, 8, 16, 4);
-    put_le(&f, 12, 1, 4);
-    put_le(&f, 40, 64u << 20, 8);
-    put_le(&f, 48, 1ull << 40, 8);
+    struct unit_buf f = {0};
+    unit_grow(&f, 8192);
+    unit_put_le(&f, 0, 0x00444551, 4);
+    unit_put_le(&f, 4, 64u << 20, 4);
+    unit_put_le(&f, 8, 16, 4);
+    unit_put_le(&f, 12, 1, 4);
+    unit_put_le(&f, 40, 64u << 20, 8);
+    unit_put_le(&f, 48, 1ull << 40, 8);
     char *p = write_file("huge.qed", f.d, f.len);
     struct vimage *img = open_img(p);
     ck_assert(!img->top_failed);
     ck_assert_uint_eq(img->size, 1ull << 40);
-    ck_assert(has_problem(img, "past the end of the file"));
-    ck_assert(read_fails(img, 0, 512));
-    ck_assert(read_fails(img, (1ull << 40) - 512, 512));
+    ck_assert(unit_has_problem(img, "past the end of the file"));
+    ck_assert_int_eq(unit_read_err(img, 0, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, (1ull << 40) - 512, 512), -EIO);
     vimage_unref(img);
     free(f.d);
     free(p);
@@ -1687,10 +1503,10 @@ START_TEST(qed_truncated)
     size_t cut = b->f.len - (20 << 10) - 100;   /* mid-cluster */
     char *p = write_file("trunc.qed", b->f.d, cut);
     struct vimage *img = open_img(p);
-    check_range(img, b->exp, 0, 40 << 10);
-    ck_assert(read_fails(img, (64 << 10) - 512, 512));
-    ck_assert(read_fails(img, (44 << 10), 4096));
-    check_range(img, b->exp, 128 << 10, 4096);    /* unallocated */
+    unit_check_range(img, b->exp, 0, 40 << 10);
+    ck_assert_int_eq(unit_read_err(img, (64 << 10) - 512, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, (44 << 10), 4096), -EIO);
+    unit_check_range(img, b->exp, 128 << 10, 4096);    /* unallocated */
     vimage_unref(img);
     qed_free(b);
     free(p);
