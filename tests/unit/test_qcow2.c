@@ -20,8 +20,7 @@ extern const struct vfmt_driver vfmt_qcow2;
  * ---------------------------------------------------------------------- */
 
 struct qb {
-    uint8_t *d;
-    size_t len, cap;
+    struct unit_buf f;         /* the file */
     uint8_t *exp;              /* expected virtual disk */
     unsigned version, cbits;
     uint64_t cs, vsize;
@@ -38,44 +37,15 @@ struct qb {
     char backing[512];
 };
 
-static void qb_grow(struct qb *b, size_t len)
-{
-    if (len > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < len)
-            cap *= 2;
-        b->d = realloc(b->d, cap);
-        ck_assert_ptr_nonnull(b->d);
-        memset(b->d + b->cap, 0, cap - b->cap);
-        b->cap = cap;
-    }
-    if (len > b->len)
-        b->len = len;
-}
-
-static void put8s(struct qb *b, uint64_t off, uint64_t v, unsigned n)
-{
-    qb_grow(b, (size_t)(off + n));
-    for (unsigned i = 0; i < n; i++)
-        b->d[off + i] = (uint8_t)(v >> (8 * (n - 1 - i)));
-}
-static void put64(struct qb *b, uint64_t off, uint64_t v) { put8s(b, off, v, 8); }
-static void put32(struct qb *b, uint64_t off, uint32_t v) { put8s(b, off, v, 4); }
-static void put16(struct qb *b, uint64_t off, uint16_t v) { put8s(b, off, v, 2); }
-static uint64_t get64(struct qb *b, uint64_t off) { return get_be64(b->d + off); }
-
-static void put_bytes(struct qb *b, uint64_t off, const void *p, size_t n)
-{
-    qb_grow(b, (size_t)(off + n));
-    memcpy(b->d + off, p, n);
-}
+static void put64(struct qb *b, uint64_t off, uint64_t v) { unit_put_be(&b->f, off, v, 8); }
+static void put32(struct qb *b, uint64_t off, uint32_t v) { unit_put_be(&b->f, off, v, 4); }
+static void put16(struct qb *b, uint64_t off, uint16_t v) { unit_put_be(&b->f, off, v, 2); }
+static uint64_t get64(struct qb *b, uint64_t off) { return get_be64(b->f.d + off); }
 
 /* n new zeroed clusters at the end of the file. */
 static uint64_t qb_alloc(struct qb *b, uint64_t n)
 {
-    uint64_t off = (b->len + b->cs - 1) & ~(b->cs - 1);
-    qb_grow(b, (size_t)(off + n * b->cs));
-    return off;
+    return unit_append(&b->f, n * b->cs, b->cs);
 }
 
 static uint64_t l2_entries(const struct qb *b) { return b->cs / (b->ext ? 16 : 8); }
@@ -94,7 +64,7 @@ static struct qb *qb_new(unsigned version, unsigned cbits, uint64_t vsize, bool 
         b->incompat |= QCOW2_INCOMPAT_EXTL2;
     b->exp = calloc(1, vsize ? (size_t)vsize : 1);
     ck_assert_ptr_nonnull(b->exp);
-    qb_grow(b, (size_t)b->cs);
+    unit_grow(&b->f, (size_t)b->cs);
     b->l1_size = (uint32_t)((vsize + l1_span(b) - 1) / l1_span(b));
     uint64_t l1_clusters = ((uint64_t)b->l1_size * 8 + b->cs - 1) / b->cs;
     b->l1_off = qb_alloc(b, l1_clusters ? l1_clusters : 1);
@@ -103,7 +73,7 @@ static struct qb *qb_new(unsigned version, unsigned cbits, uint64_t vsize, bool 
 
 static void qb_free(struct qb *b)
 {
-    free(b->d);
+    free(b->f.d);
     free(b->exp);
     free(b);
 }
@@ -129,19 +99,11 @@ static void qb_set(struct qb *b, uint64_t g, uint64_t entry, uint64_t bitmap)
         put64(b, l2 + idx * 16 + 8, bitmap);
 }
 
-static uint8_t pat(uint8_t tag, uint64_t off) { return (uint8_t)(tag + (off >> 9) * 13 + (off & 7)); }
-
-static void fill_pattern(uint8_t *p, size_t n, uint8_t tag, uint64_t g)
-{
-    for (size_t i = 0; i < n; i++)
-        p[i] = pat(tag, g + i);
-}
-
 /* The bytes guest cluster g should hold (clipped to the disk). */
 static void exp_pattern(struct qb *b, uint64_t g, uint8_t tag)
 {
     uint64_t n = VMFS_MIN(b->cs, b->vsize - g);
-    fill_pattern(b->exp + g, (size_t)n, tag, g);
+    unit_fill(b->exp + g, (size_t)n, tag, g);
 }
 
 /* A data cluster for guest offset g at a new host cluster; returns it. */
@@ -149,7 +111,7 @@ static uint64_t qb_data(struct qb *b, uint64_t g, uint8_t tag)
 {
     qb_l2(b, g);
     uint64_t host = qb_alloc(b, 1);
-    fill_pattern(b->d + host, (size_t)b->cs, tag, g);
+    unit_fill(b->f.d + host, (size_t)b->cs, tag, g);
     qb_set(b, g, host | QCOW2_OFLAG_COPIED, b->ext ? 0xffffffffu : 0);
     exp_pattern(b, g, tag);
     return host;
@@ -194,22 +156,22 @@ static void qb_finish(struct qb *b)
         put64(b, 88, b->autoclear);
         put32(b, 96, 4);
         put32(b, 100, hl);
-        b->d[104] = b->compression;
+        b->f.d[104] = b->compression;
     }
     ck_assert_uint_le(hl + b->extlen + 8 + strlen(b->backing), b->cs);
-    memcpy(b->d + hl, b->exts, b->extlen);
-    memset(b->d + hl + b->extlen, 0, 8);
+    memcpy(b->f.d + hl, b->exts, b->extlen);
+    memset(b->f.d + hl + b->extlen, 0, 8);
     if (b->backing[0]) {
         uint64_t off = hl + b->extlen + 8;
         put64(b, 8, off);
         put32(b, 16, (uint32_t)strlen(b->backing));
-        memcpy(b->d + off, b->backing, strlen(b->backing));
+        memcpy(b->f.d + off, b->backing, strlen(b->backing));
     }
 }
 
 static char *qb_file(struct qb *b)
 {
-    return unit_tmpfile(b->d, b->len, "qcow2");
+    return unit_tmpfile(b->f.d, b->f.len, "qcow2");
 }
 
 static struct vimage *open_img(const char *path, long snap)
@@ -228,89 +190,13 @@ static struct vimage *qb_open(struct qb *b, char **path)
     return img;
 }
 
-static bool has_problem(struct vimage *img, const char *needle)
-{
-    char **p;
-    size_t n = vimage_problems(img, &p);
-    bool found = false;
-    for (size_t i = 0; i < n; i++) {
-        if (strstr(p[i], needle))
-            found = true;
-        free(p[i]);
-    }
-    free(p);
-    return found;
-}
-
-static size_t nproblems(struct vimage *img)
-{
-    char **p;
-    size_t n = vimage_problems(img, &p);
-    for (size_t i = 0; i < n; i++)
-        free(p[i]);
-    free(p);
-    return n;
-}
-
-static void dump_problems(struct vimage *img)
-{
-    char **p;
-    size_t n = vimage_problems(img, &p);
-    for (size_t i = 0; i < n; i++) {
-        fprintf(stderr, "problem: %s\n", p[i]);
-        free(p[i]);
-    }
-    free(p);
-}
-
-/* Reads [off, off + len) and compares it with the expected disk. */
-static void check_range(struct vimage *img, const struct qb *b, uint64_t off, size_t len)
-{
-    uint8_t *buf = malloc(len ? len : 1);
-    ck_assert_ptr_nonnull(buf);
-    int r = vimage_read(img, buf, len, off);
-    if (r != 0)
-        dump_problems(img);
-    ck_assert_msg(r == 0, "read of %zu bytes at %llu: %s", len, (unsigned long long)off,
-                  strerror(-r));
-    for (size_t i = 0; i < len; i++)
-        if (buf[i] != b->exp[off + i])
-            ck_abort_msg("byte %llu: got 0x%02x, expected 0x%02x",
-                         (unsigned long long)(off + i), buf[i], b->exp[off + i]);
-    free(buf);
-}
-
 /* The whole disk in one read, then in odd-sized pieces. */
 static void check_all(struct vimage *img, const struct qb *b)
 {
     ck_assert_uint_eq(img->size, b->vsize);
-    check_range(img, b, 0, (size_t)b->vsize);
+    unit_check_range(img, b->exp, 0, (size_t)b->vsize);
     for (uint64_t off = 0; off < b->vsize; off += 3000)
-        check_range(img, b, off, (size_t)VMFS_MIN(4096, b->vsize - off));
-}
-
-static int read_err(struct vimage *img, uint64_t off, size_t len)
-{
-    uint8_t *buf = malloc(len);
-    ck_assert_ptr_nonnull(buf);
-    int r = vimage_read(img, buf, len, off);
-    free(buf);
-    return r;
-}
-
-static void top_map(struct vimage *img, uint64_t off, uint64_t len, struct vrun *run)
-{
-    struct vlayer *l = img->layers[0];
-    ck_assert_int_eq(l->drv->map(l, off, len, run), 0);
-}
-
-static char *report_json(struct vimage *img)
-{
-    struct rep *r = rep_new_object();
-    vimage_report(img, r);
-    char *j = rep_to_json(r);
-    rep_free(r);
-    return j;
+        unit_check_range(img, b->exp, off, (size_t)VMFS_MIN(4096, b->vsize - off));
 }
 
 /* A raw file of n bytes of the given pattern; its path. */
@@ -318,7 +204,7 @@ static char *raw_file(uint64_t n, uint8_t tag)
 {
     uint8_t *p = malloc((size_t)n);
     ck_assert_ptr_nonnull(p);
-    fill_pattern(p, (size_t)n, tag, 0);
+    unit_fill(p, (size_t)n, tag, 0);
     char *path = unit_tmpfile(p, (size_t)n, "raw");
     free(p);
     return path;
@@ -348,8 +234,8 @@ static size_t deflate_raw(const uint8_t *in, size_t n, uint8_t *out, size_t cap)
  * that is not sector aligned, and points guest cluster g at it. */
 static void qb_put_compressed(struct qb *b, uint64_t g, const uint8_t *data, size_t len)
 {
-    uint64_t coff = b->len + 100;
-    put_bytes(b, coff, data, len);
+    uint64_t coff = b->f.len + 100;
+    unit_put_bytes(&b->f, coff, data, len);
     uint64_t extra = ((coff + len - 1) >> 9) - (coff >> 9);
     unsigned shift = 62 - (b->cbits - 8);
     qb_set(b, g, QCOW2_OFLAG_COMPRESSED | extra << shift | coff, 0);
@@ -363,7 +249,7 @@ static void qb_compressed(struct qb *b, uint64_t g, uint8_t tag)
     uint8_t *plain = malloc(cs), *out = malloc(cs * 2 + 1024);
     ck_assert_ptr_nonnull(plain);
     ck_assert_ptr_nonnull(out);
-    fill_pattern(plain, cs, tag, g);
+    unit_fill(plain, cs, tag, g);
     size_t n;
     if (b->compression == QCOW2_COMPRESSION_ZSTD) {
         n = ZSTD_compress(out, cs * 2 + 1024, plain, cs, 3);
@@ -458,7 +344,7 @@ static int parse(struct qb *b, char *msg, size_t msglen)
 {
     struct qcow2_header h;
     qb_finish(b);
-    int r = qcow2_parse_header(b->d, (size_t)b->cs, b->len, &h, msg, msglen);
+    int r = qcow2_parse_header(b->f.d, (size_t)b->cs, b->f.len, &h, msg, msglen);
     if (r == 0)
         qcow2_header_free(&h);
     return r;
@@ -472,7 +358,7 @@ START_TEST(test_parse_header)
     qb_ext(b, QCOW2_EXT_BACKING_FMT, "raw", 3);
     qb_finish(b);
     struct qcow2_header h;
-    ck_assert_int_eq(qcow2_parse_header(b->d, (size_t)b->cs, b->len, &h, msg, sizeof(msg)), 0);
+    ck_assert_int_eq(qcow2_parse_header(b->f.d, (size_t)b->cs, b->f.len, &h, msg, sizeof(msg)), 0);
     ck_assert_str_eq(h.backing_name, "base.raw");
     ck_assert_str_eq(h.backing_fmt, "raw");
     ck_assert_uint_eq(h.size, 1 << 20);
@@ -480,7 +366,7 @@ START_TEST(test_parse_header)
     qcow2_header_free(&h);
 
     put32(b, 100, 96);      /* header length below 104 */
-    ck_assert_int_eq(qcow2_parse_header(b->d, (size_t)b->cs, b->len, &h, msg, sizeof(msg)),
+    ck_assert_int_eq(qcow2_parse_header(b->f.d, (size_t)b->cs, b->f.len, &h, msg, sizeof(msg)),
                      -EINVAL);
     ck_assert_ptr_nonnull(strstr(msg, "header length"));
     qb_free(b);
@@ -498,7 +384,7 @@ START_TEST(test_parse_header)
     b->incompat = 0;
     ck_assert_int_eq(parse(b, msg, sizeof(msg)), 0);
     put32(b, 96, 7);                             /* refcount order */
-    ck_assert_int_eq(qcow2_parse_header(b->d, (size_t)b->cs, b->len, &h, msg, sizeof(msg)),
+    ck_assert_int_eq(qcow2_parse_header(b->f.d, (size_t)b->cs, b->f.len, &h, msg, sizeof(msg)),
                      -EINVAL);
     b->cbits = 22;
     ck_assert_int_eq(parse(b, msg, sizeof(msg)), -EINVAL);
@@ -515,17 +401,17 @@ START_TEST(test_parse_header)
     qb_finish(b);
     put64(b, 8, 70000);                          /* outside cluster 0 */
     put32(b, 16, 4);
-    ck_assert_int_eq(qcow2_parse_header(b->d, (size_t)b->cs, b->len, &h, msg, sizeof(msg)), 0);
+    ck_assert_int_eq(qcow2_parse_header(b->f.d, (size_t)b->cs, b->f.len, &h, msg, sizeof(msg)), 0);
     ck_assert_ptr_null(h.backing_name);
     ck_assert_ptr_nonnull(strstr(h.backing_problem, "outside the first cluster"));
     qcow2_header_free(&h);
     put64(b, 8, 60000);
     put32(b, 16, 2000);                          /* too long */
-    ck_assert_int_eq(qcow2_parse_header(b->d, (size_t)b->cs, b->len, &h, msg, sizeof(msg)), 0);
+    ck_assert_int_eq(qcow2_parse_header(b->f.d, (size_t)b->cs, b->f.len, &h, msg, sizeof(msg)), 0);
     ck_assert_ptr_nonnull(strstr(h.backing_problem, "too long"));
     qcow2_header_free(&h);
     /* Too short for any header. */
-    ck_assert_int_eq(qcow2_parse_header(b->d, 40, 40, &h, msg, sizeof(msg)), -EINVAL);
+    ck_assert_int_eq(qcow2_parse_header(b->f.d, 40, 40, &h, msg, sizeof(msg)), -EINVAL);
     ck_assert_ptr_nonnull(strstr(msg, "truncated"));
     qb_free(b);
 }
@@ -548,7 +434,7 @@ START_TEST(test_basic_versions)
     if (version == 3) {
         qb_set(b, 0x50000, QCOW2_OFLAG_ZERO, 0);
         uint64_t pre = qb_alloc(b, 1);
-        memset(b->d + pre, 0x99, (size_t)b->cs);  /* preallocated, reads as zero */
+        memset(b->f.d + pre, 0x99, (size_t)b->cs);  /* preallocated, reads as zero */
         qb_set(b, 0x60000, pre | QCOW2_OFLAG_ZERO | QCOW2_OFLAG_COPIED, 0);
     }
     char *path;
@@ -556,24 +442,14 @@ START_TEST(test_basic_versions)
     ck_assert(!img->top_failed);
     ck_assert_str_eq(vimage_format(img), "qcow2");
     check_all(img, b);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
 
-    struct vrun run;
-    top_map(img, 0, b->vsize, &run);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, 0x20000);
-    top_map(img, 0x1000, 0x8000, &run);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, 0x8000);
-    top_map(img, 0x20000, b->vsize - 0x20000, &run);
-    ck_assert_int_eq(run.kind, VRUN_BACKING);
-    ck_assert_uint_eq(run.len, 0x10000);
-    if (version == 3) {
-        top_map(img, 0x50000, b->vsize - 0x50000, &run);
-        ck_assert_int_eq(run.kind, VRUN_ZERO);
-        ck_assert_uint_eq(run.len, 0x20000);
-    }
-    char *j = report_json(img);
+    unit_run_at(img, 0, b->vsize, VRUN_DATA, 0x20000);
+    unit_run_at(img, 0x1000, 0x8000, VRUN_DATA, 0x8000);
+    unit_run_at(img, 0x20000, b->vsize - 0x20000, VRUN_BACKING, 0x10000);
+    if (version == 3)
+        unit_run_at(img, 0x50000, b->vsize - 0x50000, VRUN_ZERO, 0x20000);
+    char *j = unit_report_json(img, false);
     ck_assert_ptr_nonnull(strstr(j, version == 2 ? "\"format_version\": 2"
                                                  : "\"format_version\": 3"));
     ck_assert_ptr_nonnull(strstr(j, "\"cluster_size\": 65536"));
@@ -603,12 +479,8 @@ START_TEST(test_cluster_sizes)
     struct vimage *img = qb_open(b, &path);
     ck_assert(!img->top_failed);
     check_all(img, b);
-    ck_assert_uint_eq(nproblems(img), 0);
-    bool data;
-    uint64_t len;
-    ck_assert_int_eq(vimage_extent(img, 0, &data, &len), 0);
-    ck_assert(data);
-    ck_assert_uint_eq(len, 3 * cs);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_extent_at(img, 0, true, 3 * cs);
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -622,18 +494,18 @@ START_TEST(test_l1_at_end)
     qb_data(b, 0, 0x51);
     qb_data(b, 0x200000, 0x52);
     qb_data(b, 0x2ff000, 0x53);
-    uint64_t newoff = (b->len + b->cs - 1) & ~(b->cs - 1);
+    uint64_t newoff = (b->f.len + b->cs - 1) & ~(b->cs - 1);
     size_t bytes = b->l1_size * 8u;
     ck_assert_uint_eq(b->l1_size, 2);
-    put_bytes(b, newoff, b->d + b->l1_off, bytes);
-    memset(b->d + b->l1_off, 0, bytes);
+    unit_put_bytes(&b->f, newoff, b->f.d + b->l1_off, bytes);
+    memset(b->f.d + b->l1_off, 0, bytes);
     b->l1_off = newoff;
-    b->len = (size_t)(newoff + bytes);
+    b->f.len = (size_t)(newoff + bytes);
     char *path;
     struct vimage *img = qb_open(b, &path);
     ck_assert(!img->top_failed);
     check_all(img, b);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -648,34 +520,31 @@ START_TEST(test_past_eof)
     qb_data(b, 0x8000, 0x62);
     qb_data(b, 0x11000, 0x63);
     qb_data(b, 0x18000, 0x64);
-    uint64_t eof = b->len;
+    uint64_t eof = b->f.len;
     put64(b, b->l1_off + 8, ((eof + 0x10000) & ~511ull) | QCOW2_OFLAG_COPIED);
     qb_set(b, 0x200, ((eof + 0x20000) & ~511ull) | QCOW2_OFLAG_COPIED, 0);
     qb_set(b, 0x11200, ((eof - 256) & ~511ull) | QCOW2_OFLAG_COPIED, 0);  /* last sector */
-    b->len = (size_t)eof - 256;                                            /* cut in half */
+    b->f.len = (size_t)eof - 256;                                            /* cut in half */
     char *path;
     struct vimage *img = qb_open(b, &path);
     ck_assert(!img->top_failed);
-    check_range(img, b, 0, 512);
-    ck_assert_int_eq(read_err(img, 0x200, 512), -EIO);
-    ck_assert_int_eq(read_err(img, 0, 4096), -EIO);
-    ck_assert_int_eq(read_err(img, 0x8000, 512), -EIO);
-    ck_assert_int_eq(read_err(img, 0xffff, 2), -EIO);
-    check_range(img, b, 0x11000, 512);
-    ck_assert_int_eq(read_err(img, 0x11200, 512), -EIO);
-    check_range(img, b, 0x400, 0x7c00);
-    ck_assert(has_problem(img, "L1 entry 1"));
-    ck_assert(has_problem(img, "guest offset 0x200: data cluster"));
-    ck_assert(has_problem(img, "guest offset 0x11200: data cluster"));
-    struct vrun run;
-    top_map(img, 0x8000, 0x18000, &run);
-    ck_assert_int_eq(run.kind, VRUN_ERROR);
-    ck_assert_uint_eq(run.len, 0x8000);
+    unit_check_range(img, b->exp, 0, 512);
+    ck_assert_int_eq(unit_read_err(img, 0x200, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 0, 4096), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 0x8000, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 0xffff, 2), -EIO);
+    unit_check_range(img, b->exp, 0x11000, 512);
+    ck_assert_int_eq(unit_read_err(img, 0x11200, 512), -EIO);
+    unit_check_range(img, b->exp, 0x400, 0x7c00);
+    ck_assert(unit_has_problem(img, "L1 entry 1"));
+    ck_assert(unit_has_problem(img, "guest offset 0x200: data cluster"));
+    ck_assert(unit_has_problem(img, "guest offset 0x11200: data cluster"));
+    unit_run_at(img, 0x8000, 0x18000, VRUN_ERROR, 0x8000);
     /* Each problem is listed once however often it is hit. */
-    size_t n = nproblems(img);
-    ck_assert_int_eq(read_err(img, 0x8000, 512), -EIO);
-    ck_assert_int_eq(read_err(img, 0x200, 512), -EIO);
-    ck_assert_uint_eq(nproblems(img), n);
+    size_t n = unit_nproblems(img);
+    ck_assert_int_eq(unit_read_err(img, 0x8000, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 0x200, 512), -EIO);
+    ck_assert_uint_eq(unit_nproblems(img), n);
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -687,7 +556,7 @@ static struct vimage *open_poked(struct qb *b, uint64_t off, uint64_t v, unsigne
                                  char **path)
 {
     qb_finish(b);
-    put8s(b, off, v, n);
+    unit_put_be(&b->f, off, v, n);
     *path = qb_file(b);
     struct vimage *img = open_img(*path, -1);
     ck_assert_ptr_nonnull(img);
@@ -697,7 +566,7 @@ static struct vimage *open_poked(struct qb *b, uint64_t off, uint64_t v, unsigne
 /* Walks the allocation of the whole disk (as info does): must not hang. */
 static void walk_allocation(struct vimage *img)
 {
-    char *j = report_json(img);
+    char *j = unit_report_json(img, false);
     ck_assert_ptr_nonnull(strstr(j, "\"data_size\""));
     free(j);
 }
@@ -713,7 +582,7 @@ START_TEST(test_absurd_sizes)
     /* An L1 size of 4 Gi entries: only the one needed is read. */
     struct vimage *img = open_poked(b, 36, 0xffffffffu, 4, &path);
     ck_assert(!img->top_failed);
-    ck_assert(has_problem(img, "L1 table claims 4294967295 entries"));
+    ck_assert(unit_has_problem(img, "L1 table claims 4294967295 entries"));
     check_all(img, b);
     vimage_unref(img);
     unlink_free(path);
@@ -722,10 +591,10 @@ START_TEST(test_absurd_sizes)
     img = open_poked(b, 24, 1ull << 62, 8, &path);
     ck_assert(!img->top_failed);
     ck_assert_uint_eq(img->size, 1ull << 62);
-    ck_assert(has_problem(img, "maps only the first 536870912 bytes"));
-    check_range(img, b, 0, 1 << 20);
-    ck_assert_int_eq(read_err(img, 512ull << 20, 512), -EIO);
-    ck_assert_int_eq(read_err(img, img->size - 512, 512), -EIO);
+    ck_assert(unit_has_problem(img, "maps only the first 536870912 bytes"));
+    unit_check_range(img, b->exp, 0, 1 << 20);
+    ck_assert_int_eq(unit_read_err(img, 512ull << 20, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, img->size - 512, 512), -EIO);
     walk_allocation(img);
     vimage_unref(img);
     unlink_free(path);
@@ -733,8 +602,8 @@ START_TEST(test_absurd_sizes)
     img = open_poked(b, 24, UINT64_MAX, 8, &path);
     ck_assert(!img->top_failed);
     ck_assert_uint_eq(img->size, UINT64_MAX & ~511ull);
-    check_range(img, b, 0, 1 << 20);
-    ck_assert_int_eq(read_err(img, img->size - 512, 512), -EIO);
+    unit_check_range(img, b->exp, 0, 1 << 20);
+    ck_assert_int_eq(unit_read_err(img, img->size - 512, 512), -EIO);
     walk_allocation(img);
     vimage_unref(img);
     unlink_free(path);
@@ -747,9 +616,9 @@ START_TEST(test_absurd_sizes)
     img = open_img(path, -1);
     ck_assert(!img->top_failed);
     ck_assert_uint_eq(img->size, (4ull << 20) << 29);
-    ck_assert(has_problem(img, "past the end of the file"));
-    check_range(img, b, 0, 1 << 20);          /* entries the file holds */
-    ck_assert_int_eq(read_err(img, img->size - 512, 512), -EIO);
+    ck_assert(unit_has_problem(img, "past the end of the file"));
+    unit_check_range(img, b->exp, 0, 1 << 20);          /* entries the file holds */
+    ck_assert_int_eq(unit_read_err(img, img->size - 512, 512), -EIO);
     walk_allocation(img);
     vimage_unref(img);
     unlink_free(path);
@@ -768,14 +637,11 @@ START_TEST(test_l1_too_small)
     struct vimage *img = open_poked(b, 36, 1, 4, &path);
     ck_assert(!img->top_failed);
     ck_assert_uint_eq(img->size, 8 << 20);
-    ck_assert(has_problem(img, "L1 table (1 entries) maps only the first 2097152 bytes"));
-    check_range(img, b, 0, 2 << 20);
-    ck_assert_int_eq(read_err(img, 2 << 20, 4096), -EIO);
-    ck_assert_int_eq(read_err(img, 6 << 20, 4096), -EIO);
-    struct vrun run;
-    top_map(img, 2 << 20, 6 << 20, &run);
-    ck_assert_int_eq(run.kind, VRUN_ERROR);
-    ck_assert_uint_eq(run.len, 6 << 20);
+    ck_assert(unit_has_problem(img, "L1 table (1 entries) maps only the first 2097152 bytes"));
+    unit_check_range(img, b->exp, 0, 2 << 20);
+    ck_assert_int_eq(unit_read_err(img, 2 << 20, 4096), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 6 << 20, 4096), -EIO);
+    unit_run_at(img, 2 << 20, 6 << 20, VRUN_ERROR, 6 << 20);
     walk_allocation(img);
     vimage_unref(img);
     unlink_free(path);
@@ -783,8 +649,8 @@ START_TEST(test_l1_too_small)
     /* An L1 table offset off cluster alignment: nothing maps. */
     img = open_poked(b, 40, b->l1_off + 512, 8, &path);
     ck_assert(!img->top_failed);
-    ck_assert(has_problem(img, "no data can be read"));
-    ck_assert_int_eq(read_err(img, 0, 4096), -EIO);
+    ck_assert(unit_has_problem(img, "no data can be read"));
+    ck_assert_int_eq(unit_read_err(img, 0, 4096), -EIO);
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -804,9 +670,9 @@ START_TEST(test_bad_backing_name)
     char *path = qb_file(b);
     struct vimage *img = open_img(path, -1);
     ck_assert(!img->top_failed);
-    ck_assert(has_problem(img, "backing file name offset"));
-    check_range(img, b, 0, 0x20000);
-    ck_assert_int_eq(read_err(img, 0x20000, 512), -EIO);
+    ck_assert(unit_has_problem(img, "backing file name offset"));
+    unit_check_range(img, b->exp, 0, 0x20000);
+    ck_assert_int_eq(unit_read_err(img, 0x20000, 512), -EIO);
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -825,11 +691,11 @@ START_TEST(test_unaligned)
     char *path;
     put64(b, b->l1_off + 8, (l2 + 1024) | QCOW2_OFLAG_COPIED);
     struct vimage *img = qb_open(b, &path);
-    check_range(img, b, 0, 0x1000);
-    ck_assert_int_eq(read_err(img, 0x1000, 0x1000), -EIO);
-    ck_assert_int_eq(read_err(img, 0x200000, 0x1000), -EIO);
-    check_range(img, b, 0x2000, 0x1000);
-    ck_assert(has_problem(img, "not cluster aligned"));
+    unit_check_range(img, b->exp, 0, 0x1000);
+    ck_assert_int_eq(unit_read_err(img, 0x1000, 0x1000), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 0x200000, 0x1000), -EIO);
+    unit_check_range(img, b->exp, 0x2000, 0x1000);
+    ck_assert(unit_has_problem(img, "not cluster aligned"));
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -844,9 +710,9 @@ START_TEST(test_v2_zero_flag)
     qb_set(b, 0x10000, QCOW2_OFLAG_ZERO, 0);
     char *path;
     struct vimage *img = qb_open(b, &path);
-    check_range(img, b, 0, 0x10000);
-    ck_assert_int_eq(read_err(img, 0x10000, 512), -EIO);
-    ck_assert(has_problem(img, "version 2"));
+    unit_check_range(img, b->exp, 0, 0x10000);
+    ck_assert_int_eq(unit_read_err(img, 0x10000, 512), -EIO);
+    ck_assert(unit_has_problem(img, "version 2"));
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -861,12 +727,12 @@ START_TEST(test_subclusters)
     struct qb *b = qb_new(3, 16, vsize, true);       /* 2 KiB subclusters */
     snprintf(b->backing, sizeof(b->backing), "%s", base);
     qb_ext(b, QCOW2_EXT_BACKING_FMT, "raw", 3);
-    fill_pattern(b->exp, (size_t)vsize, 0xe0, 0);
+    unit_fill(b->exp, (size_t)vsize, 0xe0, 0);
     /* Cluster 0: subclusters 0-3 data, 4-5 zero, 6.. backing. */
     qb_l2(b, 0);
     uint64_t host = qb_alloc(b, 1);
-    fill_pattern(b->d + host, 0x2000, 0x81, 0);
-    fill_pattern(b->exp, 0x2000, 0x81, 0);
+    unit_fill(b->f.d + host, 0x2000, 0x81, 0);
+    unit_fill(b->exp, 0x2000, 0x81, 0);
     memset(b->exp + 0x2000, 0, 0x1000);
     qb_set(b, 0, host | QCOW2_OFLAG_COPIED, 0xfull | 0x30ull << 32);
     /* Cluster 1: no host cluster, every subcluster zero but 31. */
@@ -880,36 +746,29 @@ START_TEST(test_subclusters)
     /* Cluster 4: subclusters 1-2 data, and the file ends right after
      * them, as qemu leaves a file whose last cluster is partly written. */
     uint64_t last = qb_alloc(b, 1);
-    fill_pattern(b->d + last + 0x800, 0x1000, 0x82, 0x40800);
-    fill_pattern(b->exp + 0x40800, 0x1000, 0x82, 0x40800);
+    unit_fill(b->f.d + last + 0x800, 0x1000, 0x82, 0x40800);
+    unit_fill(b->exp + 0x40800, 0x1000, 0x82, 0x40800);
     qb_set(b, 0x40000, last | QCOW2_OFLAG_COPIED, 0x6);
-    b->len = (size_t)(last + 0x1800);
+    b->f.len = (size_t)(last + 0x1800);
     char *path;
     struct vimage *img = qb_open(b, &path);
     ck_assert(!img->top_failed);
     ck_assert_uint_eq(img->nlayers, 2);
-    check_range(img, b, 0, 0x20000);
-    check_range(img, b, 0x40000, 0x10000);
-    check_range(img, b, 0x50000, (size_t)vsize - 0x50000);
-    ck_assert_int_eq(read_err(img, 0x20000, 512), -EIO);
-    ck_assert_int_eq(read_err(img, 0x2f000, 512), -EIO);
-    ck_assert_int_eq(read_err(img, 0x30000, 512), -EIO);
-    ck_assert(has_problem(img, "both allocated and zero"));
-    ck_assert(has_problem(img, "without a host cluster"));
-    struct vrun run;
-    top_map(img, 0, vsize, &run);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, 0x2000);
-    top_map(img, 0x800, vsize - 0x800, &run);
+    unit_check_range(img, b->exp, 0, 0x20000);
+    unit_check_range(img, b->exp, 0x40000, 0x10000);
+    unit_check_range(img, b->exp, 0x50000, (size_t)vsize - 0x50000);
+    ck_assert_int_eq(unit_read_err(img, 0x20000, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 0x2f000, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 0x30000, 512), -EIO);
+    ck_assert(unit_has_problem(img, "both allocated and zero"));
+    ck_assert(unit_has_problem(img, "without a host cluster"));
+    unit_run_at(img, 0, vsize, VRUN_DATA, 0x2000);
+    struct vrun run = unit_top_map(img, 0x800, vsize - 0x800);
     ck_assert_uint_eq(run.len, 0x1800);
     ck_assert_uint_eq(run.src_off, host + 0x800);
-    top_map(img, 0x2000, vsize - 0x2000, &run);
-    ck_assert_int_eq(run.kind, VRUN_ZERO);
-    ck_assert_uint_eq(run.len, 0x1000);
-    top_map(img, 0x3000, vsize - 0x3000, &run);
-    ck_assert_int_eq(run.kind, VRUN_BACKING);
-    ck_assert_uint_eq(run.len, 0xd000);
-    char *j = report_json(img);
+    unit_run_at(img, 0x2000, vsize - 0x2000, VRUN_ZERO, 0x1000);
+    unit_run_at(img, 0x3000, vsize - 0x3000, VRUN_BACKING, 0xd000);
+    char *j = unit_report_json(img, false);
     ck_assert_ptr_nonnull(strstr(j, "\"extended_l2\": true"));
     ck_assert_ptr_nonnull(strstr(j, "\"subcluster_size\": 2048"));
     free(j);
@@ -941,20 +800,17 @@ START_TEST(test_compressed)
     char *path;
     struct vimage *img = qb_open(b, &path);
     ck_assert(!img->top_failed);
-    check_range(img, b, 0, 0x30000);
-    check_range(img, b, 0x40000, 0x10000);
+    unit_check_range(img, b->exp, 0, 0x30000);
+    unit_check_range(img, b->exp, 0x40000, 0x10000);
     for (uint64_t off = 0; off < 0x20000; off += 4096)
-        check_range(img, b, off, 4096);
-    check_range(img, b, 0x50000, 0x10000);
-    ck_assert_int_eq(read_err(img, 0x30000, 4096), -EIO);
-    ck_assert_int_eq(read_err(img, 0x3f000, 4096), -EIO);
-    ck_assert(has_problem(img, zstd ? "corrupt zstd data" : "corrupt deflate data"));
-    ck_assert_uint_eq(nproblems(img), 1);
-    struct vrun run;
-    top_map(img, 0x1000, b->vsize - 0x1000, &run);
-    ck_assert_int_eq(run.kind, VRUN_DECODE);
-    ck_assert_uint_eq(run.len, 0x1f000);
-    char *j = report_json(img);
+        unit_check_range(img, b->exp, off, 4096);
+    unit_check_range(img, b->exp, 0x50000, 0x10000);
+    ck_assert_int_eq(unit_read_err(img, 0x30000, 4096), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 0x3f000, 4096), -EIO);
+    ck_assert(unit_has_problem(img, zstd ? "corrupt zstd data" : "corrupt deflate data"));
+    ck_assert_uint_eq(unit_nproblems(img), 1);
+    unit_run_at(img, 0x1000, b->vsize - 0x1000, VRUN_DECODE, 0x1f000);
+    char *j = unit_report_json(img, false);
     ck_assert_ptr_nonnull(strstr(j, zstd ? "\"compression\": \"zstd\""
                                          : "\"compression\": \"zlib\""));
     free(j);
@@ -1023,9 +879,9 @@ START_TEST(test_unknown_feature)
     char *path;
     struct vimage *img = qb_open(b, &path);
     ck_assert(img->top_failed);
-    ck_assert(has_problem(img, "frobnication (bit 5)"));
-    ck_assert(has_problem(img, "bit 40"));
-    ck_assert_int_eq(read_err(img, 0, 512), -EIO);
+    ck_assert(unit_has_problem(img, "frobnication (bit 5)"));
+    ck_assert(unit_has_problem(img, "bit 40"));
+    ck_assert_int_eq(unit_read_err(img, 0, 512), -EIO);
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -1039,7 +895,7 @@ START_TEST(test_encrypted)
     char *path;
     struct vimage *img = qb_open(b, &path);
     ck_assert(img->top_failed);
-    ck_assert(has_problem(img, _i ? "encrypted (LUKS)" : "encrypted (AES)"));
+    ck_assert(unit_has_problem(img, _i ? "encrypted (LUKS)" : "encrypted (AES)"));
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -1056,7 +912,7 @@ START_TEST(test_dirty_corrupt)
     struct vimage *img = qb_open(b, &path);
     ck_assert(!img->top_failed);
     check_all(img, b);
-    char *j = report_json(img);
+    char *j = unit_report_json(img, false);
     ck_assert_ptr_nonnull(strstr(j, "\"dirty\": true"));
     ck_assert_ptr_nonnull(strstr(j, "\"corrupt\": true"));
     ck_assert_ptr_nonnull(strstr(j, "\"lazy_refcounts\": true"));
@@ -1083,20 +939,20 @@ START_TEST(test_data_file)
     qb_set(b, 0x10000, 0x10000 | QCOW2_OFLAG_COPIED, 0);
     qb_set(b, 0x30000, 0x40000 | QCOW2_OFLAG_COPIED, 0);  /* not its guest offset */
     qb_set(b, 0x50000, QCOW2_OFLAG_ZERO | QCOW2_OFLAG_COPIED, 0);
-    fill_pattern(b->exp, 0x20000, 0xb0, 0);
+    unit_fill(b->exp, 0x20000, 0xb0, 0);
     char *path;
     struct vimage *img = qb_open(b, &path);
     ck_assert(!img->top_failed);
     if (missing) {
-        ck_assert_int_eq(read_err(img, 0, 512), -EIO);
-        ck_assert(has_problem(img, "external data file"));
-        check_range(img, b, 0x20000, 0x10000);
+        ck_assert_int_eq(unit_read_err(img, 0, 512), -EIO);
+        ck_assert(unit_has_problem(img, "external data file"));
+        unit_check_range(img, b->exp, 0x20000, 0x10000);
     } else {
-        check_range(img, b, 0, 0x30000);
-        check_range(img, b, 0x40000, (size_t)vsize - 0x40000);
-        ck_assert_int_eq(read_err(img, 0x30000, 512), -EIO);
-        ck_assert(has_problem(img, "differs from the guest offset"));
-        char *j = report_json(img);
+        unit_check_range(img, b->exp, 0, 0x30000);
+        unit_check_range(img, b->exp, 0x40000, (size_t)vsize - 0x40000);
+        ck_assert_int_eq(unit_read_err(img, 0x30000, 512), -EIO);
+        ck_assert(unit_has_problem(img, "differs from the guest offset"));
+        char *j = unit_report_json(img, false);
         ck_assert_ptr_nonnull(strstr(j, "\"data_file_raw\": true"));
         ck_assert_ptr_nonnull(strstr(j, raw));
         free(j);
@@ -1126,8 +982,8 @@ static void put_snapshot(struct qb *b, uint64_t *pos, uint64_t l1_off, uint32_t 
         put64(b, p + 40, 0);
         put64(b, p + 48, disk);
     }
-    put_bytes(b, p + 40 + extra, id, strlen(id));
-    put_bytes(b, p + 40 + extra + strlen(id), name, strlen(name));
+    unit_put_bytes(&b->f, p + 40 + extra, id, strlen(id));
+    unit_put_bytes(&b->f, p + 40 + extra + strlen(id), name, strlen(name));
     *pos = p + ((40 + extra + strlen(id) + strlen(name) + 7) & ~7ull);
 }
 
@@ -1168,7 +1024,7 @@ START_TEST(test_snapshots)
     s = vimage_snapshot(img, 1);
     ck_assert_str_eq(s->name, "");
     ck_assert_uint_eq(s->disk_size, 64 << 10);   /* no extra data: the header's */
-    char *j = report_json(img);
+    char *j = unit_report_json(img, false);
     ck_assert_ptr_nonnull(strstr(j, "\"snapshot_table\""));
     free(j);
     vimage_unref(img);
@@ -1188,7 +1044,7 @@ START_TEST(test_snapshots)
 
     img = open_img(path, 2);
     ck_assert(img->top_failed);
-    ck_assert(has_problem(img, "L1 table of snapshot 3"));
+    ck_assert(unit_has_problem(img, "L1 table of snapshot 3"));
     vimage_unref(img);
     unlink_free(path);
     free(keep);
@@ -1208,7 +1064,7 @@ START_TEST(test_bad_snapshot_table)
     switch (_i) {
     case 0:
         b->nb_snap = 1;
-        b->snap_off = (b->len + 0x10000) & ~0xfffull;
+        b->snap_off = (b->f.len + 0x10000) & ~0xfffull;
         break;
     case 1:
         b->nb_snap = 70000;
@@ -1227,14 +1083,14 @@ START_TEST(test_bad_snapshot_table)
         b->snap_off = qb_alloc(b, 1);
         uint64_t pos = b->snap_off;
         put_snapshot(b, &pos, b->l1_off, 1, "1", "x", 16, 0);
-        b->len = (size_t)pos + 20;
+        b->f.len = (size_t)pos + 20;
         break;
     }
     }
     char *path;
     struct vimage *img = qb_open(b, &path);
     ck_assert(!img->top_failed);
-    ck_assert(has_problem(img, want[_i]));
+    ck_assert(unit_has_problem(img, want[_i]));
     ck_assert_uint_eq(vimage_snapshot_count(img), 0);
     check_all(img, b);
     vimage_unref(img);
@@ -1255,7 +1111,7 @@ START_TEST(test_header_extensions)
     path = qb_file(b);
     struct vimage *img = open_img(path, -1);
     ck_assert(img->top_failed);
-    ck_assert(has_problem(img, "header extension"));
+    ck_assert(unit_has_problem(img, "header extension"));
     vimage_unref(img);
     unlink_free(path);
 
@@ -1273,7 +1129,7 @@ START_TEST(test_header_extensions)
 
     /* A backing format name too long to be one: the backing file is
      * unusable, the image's own clusters read. */
-    memset(b->d + 104, 0, (size_t)b->cs - 104);
+    memset(b->f.d + 104, 0, (size_t)b->cs - 104);
     b->extlen = 0;
     strcpy(b->backing, "base.raw");
     qb_ext(b, QCOW2_EXT_BACKING_FMT, "a-very-long-format-name", 23);
@@ -1281,9 +1137,9 @@ START_TEST(test_header_extensions)
     path = qb_file(b);
     img = open_img(path, -1);
     ck_assert(!img->top_failed);
-    ck_assert(has_problem(img, "backing format"));
-    check_range(img, b, 0, 0x1000);
-    ck_assert_int_eq(read_err(img, 0x1000, 512), -EIO);
+    ck_assert(unit_has_problem(img, "backing format"));
+    unit_check_range(img, b->exp, 0, 0x1000);
+    ck_assert_int_eq(unit_read_err(img, 0x1000, 512), -EIO);
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -1296,12 +1152,12 @@ START_TEST(test_truncated_header)
     qb_finish(b);
     static const size_t cuts[] = {8, 50, 90};
     for (size_t i = 0; i < VMFS_ARRAY_SIZE(cuts); i++) {
-        char *path = unit_tmpfile(b->d, cuts[i], "qcow2");
+        char *path = unit_tmpfile(b->f.d, cuts[i], "qcow2");
         struct vimage *img = open_img(path, -1);
         ck_assert_ptr_nonnull(img);
         ck_assert(img->top_failed);
-        ck_assert(has_problem(img, "truncated"));
-        ck_assert_int_eq(read_err(img, 0, 512), -EIO);
+        ck_assert(unit_has_problem(img, "truncated"));
+        ck_assert_int_eq(unit_read_err(img, 0, 512), -EIO);
         vimage_unref(img);
         unlink_free(path);
     }
@@ -1327,7 +1183,7 @@ START_TEST(test_size_rounding)
     struct vimage *img = open_img(path, -1);
     ck_assert(!img->top_failed);
     ck_assert_uint_eq(img->size, 512);
-    check_range(img, b, 0, 512);
+    unit_check_range(img, b->exp, 0, 512);
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -1342,7 +1198,7 @@ START_TEST(test_alloc_holes)
     qb_data(b, 0, 0x41);
     uint64_t hole = qb_data(b, 0x10000, 0x42);
     qb_data(b, 0x20000, 0x43);
-    memset(b->d + hole, 0, (size_t)b->cs);
+    memset(b->f.d + hole, 0, (size_t)b->cs);
     memset(b->exp + 0x10000, 0, (size_t)b->cs);
     qb_finish(b);
     char *path = qb_file(b);
@@ -1353,22 +1209,15 @@ START_TEST(test_alloc_holes)
     close(fd);
     struct vimage *img = open_img(path, -1);
     check_all(img, b);
-    struct vrun run;
-    top_map(img, 0, b->vsize, &run);
-    ck_assert_int_eq(run.kind, VRUN_DATA);          /* reads: one data run */
-    ck_assert_uint_eq(run.len, 0x30000);
+    unit_run_at(img, 0, b->vsize, VRUN_DATA, 0x30000);          /* reads: one data run */
     bool data;
     uint64_t len;
     ck_assert_int_eq(vimage_extent(img, 0, &data, &len), 0);
     ck_assert(data);
     if (punched) {
         ck_assert_uint_eq(len, 0x10000);
-        ck_assert_int_eq(vimage_extent(img, 0x10000, &data, &len), 0);
-        ck_assert(!data);
-        ck_assert_uint_eq(len, 0x10000);
-        ck_assert_int_eq(vimage_extent(img, 0x20000, &data, &len), 0);
-        ck_assert(data);
-        ck_assert_uint_eq(len, 0x10000);
+        unit_extent_at(img, 0x10000, false, 0x10000);
+        unit_extent_at(img, 0x20000, true, 0x10000);
     }
     vimage_unref(img);
     unlink_free(path);
@@ -1397,7 +1246,7 @@ START_TEST(test_walk_tables)
     for (unsigned i = 0; i < 5; i++) {
         uint64_t g = wt_off(0, 0, 10 + i);
         qb_set(b, g, (host + i * WT_CS) | QCOW2_OFLAG_COPIED, 0);
-        fill_pattern(b->d + host + i * WT_CS, WT_CS, 0x31, g);
+        unit_fill(b->f.d + host + i * WT_CS, WT_CS, 0x31, g);
         exp_pattern(b, g, 0x31);
     }
     qb_data(b, wt_off(0, 0, 100), 0x32);
@@ -1410,38 +1259,22 @@ START_TEST(test_walk_tables)
     char *path;
     struct vimage *img = qb_open(b, &path);
     ck_assert(!img->top_failed);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
 
     /* Reads first (slices come one at a time), then the walk. */
-    check_range(img, b, 0, 4 * 512 * WT_CS);
+    unit_check_range(img, b->exp, 0, 4 * 512 * WT_CS);
     ck_assert_uint_eq(vimage_allocated(img), 8 * WT_CS);
-    struct vrun run;
-    top_map(img, wt_off(0, 0, 10), 8 * WT_CS, &run);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, 5 * WT_CS);
+    struct vrun run = unit_run_at(img, wt_off(0, 0, 10), 8 * WT_CS, VRUN_DATA, 5 * WT_CS);
     ck_assert_uint_eq(run.src_off, host);
-    top_map(img, wt_off(0, 0, 12) + 100, 8 * WT_CS, &run);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, 3 * WT_CS - 100);
+    run = unit_run_at(img, wt_off(0, 0, 12) + 100, 8 * WT_CS, VRUN_DATA, 3 * WT_CS - 100);
     ck_assert_uint_eq(run.src_off, host + 2 * WT_CS + 100);
-    top_map(img, wt_off(0, 2, 0), b->vsize - wt_off(0, 2, 0), &run);
-    ck_assert_int_eq(run.kind, VRUN_BACKING);
-    ck_assert_uint_eq(run.len, 3 * WT_CS);
-    top_map(img, wt_off(0, 2, 3), b->vsize - wt_off(0, 2, 3), &run);
-    ck_assert_int_eq(run.kind, VRUN_ZERO);
-    ck_assert_uint_eq(run.len, 7 * WT_CS);
+    unit_run_at(img, wt_off(0, 2, 0), b->vsize - wt_off(0, 2, 0), VRUN_BACKING, 3 * WT_CS);
+    unit_run_at(img, wt_off(0, 2, 3), b->vsize - wt_off(0, 2, 3), VRUN_ZERO, 7 * WT_CS);
     /* From the end of slice 0 over the empty slice 1 to the zero run. */
-    top_map(img, wt_off(0, 0, 511) + WT_CS, b->vsize, &run);
-    ck_assert_int_eq(run.kind, VRUN_BACKING);
-    ck_assert_uint_eq(run.len, wt_off(0, 2, 3) - wt_off(0, 1, 0));
-    bool data;
-    uint64_t len;
-    ck_assert_int_eq(vimage_extent(img, wt_off(0, 3, 511) + WT_CS, &data, &len), 0);
-    ck_assert(!data);
-    ck_assert_uint_eq(len, b->vsize - wt_off(1, 0, 0));
-    ck_assert_int_eq(vimage_extent(img, wt_off(0, 1, 7), &data, &len), 0);
-    ck_assert(!data);
-    ck_assert_uint_eq(len, wt_off(0, 3, 511) - wt_off(0, 1, 7));
+    unit_run_at(img, wt_off(0, 0, 511) + WT_CS, b->vsize, VRUN_BACKING,
+                wt_off(0, 2, 3) - wt_off(0, 1, 0));
+    unit_extent_at(img, wt_off(0, 3, 511) + WT_CS, false, b->vsize - wt_off(1, 0, 0));
+    unit_extent_at(img, wt_off(0, 1, 7), false, wt_off(0, 3, 511) - wt_off(0, 1, 7));
     check_all(img, b);
     vimage_unref(img);
 
@@ -1450,7 +1283,7 @@ START_TEST(test_walk_tables)
     ck_assert_uint_eq(vimage_allocated(img), 8 * WT_CS);
     ck_assert_uint_eq(vimage_count_data(img, wt_off(0, 0, 12), wt_off(0, 3, 0)), 5 * WT_CS);
     check_all(img, b);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -1466,22 +1299,19 @@ START_TEST(test_run_past_eof)
     uint64_t host = qb_alloc(b, 4);
     for (unsigned i = 0; i < 4; i++) {
         qb_set(b, 0x2000 + i * 0x1000, (host + i * 0x1000) | QCOW2_OFLAG_COPIED, 0);
-        fill_pattern(b->d + host + i * 0x1000, 0x1000, 0x71, 0x2000 + i * 0x1000);
+        unit_fill(b->f.d + host + i * 0x1000, 0x1000, 0x71, 0x2000 + i * 0x1000);
         exp_pattern(b, 0x2000 + i * 0x1000, 0x71);
     }
-    b->len = (size_t)(host + 2 * 0x1000 + 512);      /* the third cluster is cut */
+    b->f.len = (size_t)(host + 2 * 0x1000 + 512);      /* the third cluster is cut */
     char *path;
     struct vimage *img = qb_open(b, &path);
-    check_range(img, b, 0x2000, 0x2000);
-    ck_assert_int_eq(read_err(img, 0x4000, 512), -EIO);
-    ck_assert_int_eq(read_err(img, 0x5000, 512), -EIO);
-    ck_assert_int_eq(read_err(img, 0x2000, 0x4000), -EIO);
-    ck_assert(has_problem(img, "guest offset 0x4000: data cluster"));
-    ck_assert(has_problem(img, "guest offset 0x5000: data cluster"));
-    struct vrun run;
-    top_map(img, 0x2000, 0x4000, &run);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, 0x2000);
+    unit_check_range(img, b->exp, 0x2000, 0x2000);
+    ck_assert_int_eq(unit_read_err(img, 0x4000, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 0x5000, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 0x2000, 0x4000), -EIO);
+    ck_assert(unit_has_problem(img, "guest offset 0x4000: data cluster"));
+    ck_assert(unit_has_problem(img, "guest offset 0x5000: data cluster"));
+    unit_run_at(img, 0x2000, 0x4000, VRUN_DATA, 0x2000);
     ck_assert_uint_eq(vimage_allocated(img), 4 * 0x1000);   /* errors count as data */
     vimage_unref(img);
     unlink_free(path);
