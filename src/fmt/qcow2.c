@@ -735,6 +735,15 @@ struct comp_fill {
     const char *why;
 };
 
+/* Decompresses one cluster from in[0, inlen) into out. */
+static int unpack_cluster(const struct qcow2 *q, const uint8_t *in, size_t inlen, void *out,
+                          size_t outlen, const char **why)
+{
+    if (q->h.compression == QCOW2_COMPRESSION_ZSTD)
+        return unzstd_cluster(in, inlen, out, outlen, why);
+    return inflate_cluster(in, inlen, out, outlen, why);
+}
+
 /* Reads and decompresses one compressed cluster.  The descriptor may run up
  * to a sector past the end of the file; those bytes read as zeros. */
 static int fill_compressed(void *arg, void *buf, size_t size)
@@ -742,15 +751,14 @@ static int fill_compressed(void *arg, void *buf, size_t size)
     struct comp_fill *a = arg;
     struct vsrc *file = a->q->l->file;
     size_t have = (size_t)VMFS_MIN(a->clen, file->size - a->coff);
-    CLEANUP_FREE uint8_t *in = xcalloc(1, (size_t)a->clen);
+    CLEANUP_FREE uint8_t *in = xmalloc((size_t)a->clen);
+    memset(in + have, 0, (size_t)a->clen - have);
     int r = vsrc_pread(file, in, have, a->coff);
     if (r < 0) {
         a->why = "cannot read the compressed data";
         return r;
     }
-    if (a->q->h.compression == QCOW2_COMPRESSION_ZSTD)
-        return unzstd_cluster(in, (size_t)a->clen, buf, size, &a->why);
-    return inflate_cluster(in, (size_t)a->clen, buf, size, &a->why);
+    return unpack_cluster(a->q, in, (size_t)a->clen, buf, size, &a->why);
 }
 
 /* ------------------------------------------------------------------------
@@ -1049,17 +1057,36 @@ static int q_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vrun
     return r < 0 ? r : vrun_refine_holes(run);
 }
 
+/* Where the compressed data of the guest cluster at cstart lie; false (and
+ * nothing reported) when it is not a readable compressed cluster. */
+static bool compressed_at(struct qcow2 *q, struct l2cur *c, uint64_t cstart, uint64_t *coff,
+                          uint64_t *clen)
+{
+    uint64_t l2off, entry, bitmap;
+    if (l1_lookup(q, cstart >> span_bits(q), &l2off) != L1_OK ||
+        l2_entry(q, c, l2off, cstart >> q->g.cluster_bits, &entry, &bitmap) < 0 ||
+        !(entry & QCOW2_OFLAG_COMPRESSED) || q->g.data_file)
+        return false;
+    qcow2_compressed(q->g.cluster_bits, entry, coff, clen);
+    return *coff < q->l->file->size;
+}
+
+static int compressed_problem(struct qcow2 *q, uint64_t cstart, uint64_t coff, uint64_t clen,
+                              int r, const char *why)
+{
+    if (r != -ENOMEM && first_report(q, P_COMPRESSED, coff))
+        vlayer_problem(q->l, "guest offset 0x%" PRIx64 ": compressed cluster at host "
+                       "offset 0x%" PRIx64 " (%" PRIu64 " bytes): %s", cstart, coff,
+                       clen, why ? why : strerror(-r));
+    return r == -ENOMEM ? r : -EIO;
+}
+
 /* Copies [in, in + n) of the compressed guest cluster at cstart to out. */
 static int decode_cluster(struct qcow2 *q, struct l2cur *c, uint64_t cstart,
                           uint8_t *out, size_t in, size_t n)
 {
-    uint64_t l2off, entry, bitmap, coff, clen;
-    if (l1_lookup(q, cstart >> span_bits(q), &l2off) != L1_OK ||
-        l2_entry(q, c, l2off, cstart >> q->g.cluster_bits, &entry, &bitmap) < 0 ||
-        !(entry & QCOW2_OFLAG_COMPRESSED) || q->g.data_file)
-        return -EIO;
-    qcow2_compressed(q->g.cluster_bits, entry, &coff, &clen);
-    if (coff >= q->l->file->size)
+    uint64_t coff, clen;
+    if (!compressed_at(q, c, cstart, &coff, &clen))
         return -EIO;
     struct comp_fill a = {q, coff, clen, NULL};
     const void *data = NULL;
@@ -1073,17 +1100,64 @@ static int decode_cluster(struct qcow2 *q, struct l2cur *c, uint64_t cstart,
         r = vcache_get(q->l->cache_owner, Q_DECOMP_KEY | coff, (size_t)q->cs,
                        fill_compressed, &a, &data, &ent);
     }
-    if (r < 0) {
-        if (r != -ENOMEM && first_report(q, P_COMPRESSED, coff))
-            vlayer_problem(q->l, "guest offset 0x%" PRIx64 ": compressed cluster at host "
-                           "offset 0x%" PRIx64 " (%" PRIu64 " bytes): %s", cstart, coff,
-                           clen, a.why ? a.why : strerror(-r));
-        return r == -ENOMEM ? r : -EIO;
-    }
+    if (r < 0)
+        return compressed_problem(q, cstart, coff, clen, r, a.why);
     if (ent) {
         memcpy(out, (const uint8_t *)data + in, n);
         vcache_release(ent);
     }
+    return 0;
+}
+
+/* Whole compressed clusters in a row, as a sequential reader asks for them,
+ * whose data lie close together in the file (qemu packs them one after the
+ * other): read with one pread instead of one per cluster. */
+#define Q_BATCH_SPAN (1u << 20)      /* compressed bytes one read may fetch */
+#define Q_BATCH_GAP (64u << 10)      /* unrelated bytes it may read across */
+#define Q_BATCH_MAX 32u              /* clusters per batch */
+
+/* Decodes whole clusters from cstart on into out (len bytes, a multiple of
+ * the cluster size); *done is how many bytes it decoded, 0 when the
+ * clusters do not form a batch of two or more (the caller goes on one
+ * cluster at a time, and reports what is wrong there). */
+static int decode_batch(struct qcow2 *q, struct l2cur *c, uint64_t cstart, uint8_t *out,
+                        size_t len, size_t *done)
+{
+    uint64_t coff[Q_BATCH_MAX], clen[Q_BATCH_MAX], lo = 0, hi = 0;
+    unsigned n = 0;
+    *done = 0;
+    while (n < Q_BATCH_MAX && (uint64_t)(n + 1) * q->cs <= len) {
+        uint64_t o, l;
+        if (!compressed_at(q, c, cstart + n * q->cs, &o, &l))
+            break;
+        uint64_t end = o + l;        /* no overflow: o < file size, l < 2^24 */
+        if (n > 0 && (o < lo || o > hi + Q_BATCH_GAP || VMFS_MAX(hi, end) - lo > Q_BATCH_SPAN))
+            break;
+        if (n == 0)
+            lo = o;
+        hi = VMFS_MAX(hi, end);
+        coff[n] = o;
+        clen[n] = l;
+        n++;
+    }
+    if (n < 2)
+        return 0;
+    uint64_t fsize = q->l->file->size;
+    size_t span = (size_t)(hi - lo), have = (size_t)(VMFS_MIN(hi, fsize) - lo);
+    CLEANUP_FREE uint8_t *in = xmalloc(span);
+    memset(in + have, 0, span - have);
+    int r = vsrc_pread(q->l->file, in, have, lo);
+    if (r < 0)
+        return compressed_problem(q, cstart, coff[0], clen[0], r,
+                                  "cannot read the compressed data");
+    for (unsigned i = 0; i < n; i++) {
+        const char *why = NULL;
+        r = unpack_cluster(q, in + (coff[i] - lo), (size_t)clen[i], out + i * q->cs,
+                           (size_t)q->cs, &why);
+        if (r < 0)
+            return compressed_problem(q, cstart + i * q->cs, coff[i], clen[i], r, why);
+    }
+    *done = (size_t)n * (size_t)q->cs;
     return 0;
 }
 
@@ -1097,7 +1171,16 @@ static int q_decode(struct vlayer *l, void *buf, size_t len, uint64_t off)
         uint64_t cstart = off & ~(q->cs - 1);
         size_t in = (size_t)(off - cstart);
         size_t n = (size_t)VMFS_MIN((uint64_t)len, q->cs - in);
-        r = decode_cluster(q, &c, cstart, out, in, n);
+        if (in == 0 && len >= 2 * q->cs) {
+            size_t done;
+            r = decode_batch(q, &c, cstart, out, len - len % q->cs, &done);
+            if (r == 0 && done > 0)
+                n = done;
+            else if (r == 0)
+                r = decode_cluster(q, &c, cstart, out, in, n);
+        } else {
+            r = decode_cluster(q, &c, cstart, out, in, n);
+        }
         out += n;
         off += n;
         len -= n;
