@@ -19,50 +19,17 @@
 #define MiB (1u << 20)
 #define CL 4096u
 
-static void put_be32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    put_be32(p, (uint32_t)(v >> 32));
-    put_be32(p + 4, (uint32_t)v);
-}
-
-static void put_le32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_le64(uint8_t *p, uint64_t v)
-{
-    put_le32(p, (uint32_t)v);
-    put_le32(p + 4, (uint32_t)(v >> 32));
-}
-
-static char dir[64];
+static char *dir;
 
 static void make_dir(void)
 {
-    snprintf(dir, sizeof dir, "/tmp/vmfs-unit-bridge-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    dir = unit_tmpdir("bridge");
     setenv("XDG_RUNTIME_DIR", dir, 1);   /* qemu-nbd's private dirs go here */
 }
 
 static char *write_file(const char *name, const void *data, size_t len)
 {
-    char *path = malloc(strlen(dir) + strlen(name) + 2);
-    sprintf(path, "%s/%s", dir, name);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(write(fd, data, len), (ssize_t)len);
-    close(fd);
-    return path;
+    return unit_write(dir, name, data, len);
 }
 
 /* Entries left in dir besides the given files. */
@@ -80,9 +47,7 @@ static int entries_besides(int nkeep)
 
 static void remove_dir(void)
 {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    unit_rmtree(dir);
 }
 
 static bool have_qemu_nbd(void)
@@ -97,20 +62,20 @@ static uint8_t *make_qcow1(size_t *len, uint64_t vsize, const char *backing, uin
     size_t size = 5 * CL;
     uint8_t *f = calloc(1, size);
     memcpy(f, "QFI\xfb", 4);
-    put_be32(f + 4, 1);
+    unit_be(f + 4, 1, 4);
     if (backing) {
-        put_be64(f + 8, 48);
-        put_be32(f + 16, (uint32_t)strlen(backing));
+        unit_be(f + 8, 48, 8);
+        unit_be(f + 16, (uint32_t)strlen(backing), 4);
         memcpy(f + 48, backing, strlen(backing));
     }
-    put_be64(f + 24, vsize);
+    unit_be(f + 24, vsize, 8);
     f[32] = 12;                 /* cluster bits */
     f[33] = 9;                  /* L2 bits */
-    put_be32(f + 36, crypt);
-    put_be64(f + 40, CL);       /* L1 table */
-    put_be64(f + CL, 2 * CL);   /* L1[0] -> L2 at 8192 */
-    put_be64(f + 2 * CL + 1 * 8, 3 * CL);
-    put_be64(f + 2 * CL + 3 * 8, 4 * CL);
+    unit_be(f + 36, crypt, 4);
+    unit_be(f + 40, CL, 8);       /* L1 table */
+    unit_be(f + CL, 2 * CL, 8);   /* L1[0] -> L2 at 8192 */
+    unit_be(f + 2 * CL + 1 * 8, 3 * CL, 8);
+    unit_be(f + 2 * CL + 3 * 8, 4 * CL, 8);
     memset(f + 3 * CL, 0xa1, CL);
     memset(f + 4 * CL, 0xa3, CL);
     *len = size;
@@ -121,12 +86,12 @@ static uint8_t *make_parallels(size_t *len, uint32_t tracks, uint64_t sectors)
 {
     uint8_t *f = calloc(1, 4096);
     memcpy(f, "WithouFreSpacExt", 16);
-    put_le32(f + 16, 2);
-    put_le32(f + 20, 16);
-    put_le32(f + 28, tracks);
-    put_le32(f + 32, (uint32_t)((sectors + tracks - 1) / (tracks ? tracks : 1)));
-    put_le64(f + 36, sectors);
-    put_le32(f + 48, 8);
+    unit_le(f + 16, 2, 4);
+    unit_le(f + 20, 16, 4);
+    unit_le(f + 28, tracks, 4);
+    unit_le(f + 32, (uint32_t)((sectors + tracks - 1) / (tracks ? tracks : 1)), 4);
+    unit_le(f + 36, sectors, 8);
+    unit_le(f + 48, 8, 4);
     *len = 4096;
     return f;
 }
@@ -137,12 +102,12 @@ static uint8_t *make_bochs(size_t *len, uint32_t catalog, uint64_t disk)
     strcpy((char *)f, "Bochs Virtual HD Image");
     strcpy((char *)f + 32, "Redolog");
     strcpy((char *)f + 48, "Growing");
-    put_le32(f + 64, 0x00020000);
-    put_le32(f + 68, 512);
-    put_le32(f + 72, catalog);
-    put_le32(f + 76, 512);
-    put_le32(f + 80, 65536);
-    put_le64(f + 88, disk);
+    unit_le(f + 64, 0x00020000, 4);
+    unit_le(f + 68, 512, 4);
+    unit_le(f + 72, catalog, 4);
+    unit_le(f + 76, 512, 4);
+    unit_le(f + 80, 65536, 4);
+    unit_le(f + 88, disk, 8);
     *len = 4096;
     return f;
 }
@@ -155,11 +120,11 @@ static uint8_t *make_dmg(size_t *len, uint64_t sectors, uint64_t xml_off, bool k
     uint8_t *k = f + size - 512;
     if (koly)
         memcpy(k, "koly", 4);
-    put_be32(k + 4, 4);
-    put_be64(k + 0x28, 100);
-    put_be64(k + 0xd8, xml_off);
-    put_be64(k + 0xe0, 64);
-    put_be64(k + 0x1ec, sectors);
+    unit_be(k + 4, 4, 4);
+    unit_be(k + 0x28, 100, 8);
+    unit_be(k + 0xd8, xml_off, 8);
+    unit_be(k + 0xe0, 64, 8);
+    unit_be(k + 0x1ec, sectors, 8);
     *len = size;
     return f;
 }
@@ -170,42 +135,6 @@ static struct vimage *open_in_dir(const char *path, const char *root)
     struct vimage *img = vimage_open(path, &o, -1, false);
     ck_assert_ptr_nonnull(img);
     return img;
-}
-
-static bool has_problem(struct vimage *img, const char *needle)
-{
-    char **p;
-    size_t n = vimage_problems(img, &p);
-    bool found = false;
-    for (size_t i = 0; i < n; i++) {
-        if (strstr(p[i], needle))
-            found = true;
-        free(p[i]);
-    }
-    free(p);
-    return found;
-}
-
-static size_t nproblems(struct vimage *img)
-{
-    char **p;
-    size_t n = vimage_problems(img, &p);
-    for (size_t i = 0; i < n; i++) {
-        fprintf(stderr, "problem: %s\n", p[i]);
-        free(p[i]);
-    }
-    free(p);
-    return n;
-}
-
-static char *report_json(struct vimage *img)
-{
-    struct rep *r = rep_new_object();
-    vimage_report(img, r);
-    vimage_report_problems(img, r);
-    char *s = rep_to_json(r);
-    rep_free(r);
-    return s;
 }
 
 /* ---- probing --------------------------------------------------------- */
@@ -221,34 +150,34 @@ START_TEST(t_probe)
     uint8_t h[512];
     memset(h, 0, sizeof h);
     memcpy(h, "QFI\xfb", 4);
-    put_be32(h + 4, 1);
+    unit_be(h + 4, 1, 4);
     ck_assert_str_eq(probed(h, sizeof h, "a.qcow"), "qemu-nbd");
-    put_be32(h + 4, 2);
+    unit_be(h + 4, 2, 4);
     ck_assert_str_ne(probed(h, sizeof h, "a.qcow"), "qemu-nbd");   /* qcow2's */
-    put_be32(h + 4, 3);
+    unit_be(h + 4, 3, 4);
     ck_assert_str_ne(probed(h, sizeof h, "a.qcow"), "qemu-nbd");
-    put_be32(h + 4, 0);
+    unit_be(h + 4, 0, 4);
     ck_assert_str_eq(probed(h, sizeof h, "a.qcow"), "none");
-    put_be32(h + 4, 1);
+    unit_be(h + 4, 1, 4);
     ck_assert_str_ne(probed(h, 6, "a.qcow"), "qemu-nbd");             /* too short */
 
     memset(h, 0, sizeof h);
     memcpy(h, "WithoutFreeSpace", 16);
-    put_le32(h + 16, 2);
+    unit_le(h + 16, 2, 4);
     ck_assert_str_eq(probed(h, sizeof h, "a.hdd"), "qemu-nbd");
     memcpy(h, "WithouFreSpacExt", 16);
     ck_assert_str_eq(probed(h, sizeof h, "a.hds"), "qemu-nbd");
-    put_le32(h + 16, 3);
+    unit_le(h + 16, 3, 4);
     ck_assert_str_eq(probed(h, sizeof h, "a.hds"), "none");
 
     size_t n;
     uint8_t *b = make_bochs(&n, 64, 4 * MiB);
     ck_assert_str_eq(probed(b, 512, "a.bochs"), "qemu-nbd");
-    put_le32(b + 64, 0x00010000);
+    unit_le(b + 64, 0x00010000, 4);
     ck_assert_str_eq(probed(b, 512, "a.bochs"), "qemu-nbd");
-    put_le32(b + 64, 0x00030000);
+    unit_le(b + 64, 0x00030000, 4);
     ck_assert_str_eq(probed(b, 512, "a.bochs"), "none");
-    put_le32(b + 64, 0x00020000);
+    unit_le(b + 64, 0x00020000, 4);
     strcpy((char *)b + 48, "Undoable");
     ck_assert_str_eq(probed(b, 512, "a.bochs"), "none");
     free(b);
@@ -277,8 +206,7 @@ static void expect_refused(const char *name, uint8_t *data, size_t len, const ch
     char *path = write_file(name, data, len);
     free(data);
     struct vimage *img = open_in_dir(path, NULL);
-    ck_assert_msg(img->top_failed, "%s: opened", name);
-    ck_assert_msg(has_problem(img, needle), "%s: no problem with '%s'", name, needle);
+    unit_check_refused(img, needle);
     uint8_t b[512];
     ck_assert_int_eq(vimage_read(img, b, sizeof b, 0), -EIO);
     vimage_unref(img);
@@ -297,10 +225,10 @@ START_TEST(t_bad_headers)
     f[32] = 30;
     expect_refused("cbits.qcow", f, n, "cluster bits");
     f = make_qcow1(&n, 4 * MiB, "base.raw", 0);
-    put_be64(f + 8, 1ull << 40);
+    unit_be(f + 8, 1ull << 40, 8);
     expect_refused("bfpast.qcow", f, n, "backing file name");
     f = make_qcow1(&n, 4 * MiB, "base.raw", 0);
-    put_be32(f + 16, 5000);
+    unit_be(f + 16, 5000, 4);
     expect_refused("bflong.qcow", f, n, "backing file name");
     f = make_qcow1(&n, 4 * MiB, NULL, 0);
     expect_refused("short.qcow", f, 20, "truncated");
@@ -335,11 +263,11 @@ START_TEST(t_not_installed)
     ck_assert(!img->top_failed);
     ck_assert_str_eq(vimage_format(img), "parallels via qemu-nbd");
     ck_assert_uint_eq(img->size, 16384u * 512);
-    ck_assert(has_problem(img, "Debian package qemu-utils"));
-    ck_assert(has_problem(img, "VMFS_QEMU_NBD=/nonexistent/qemu-nbd"));
+    ck_assert(unit_has_problem(img, "Debian package qemu-utils"));
+    ck_assert(unit_has_problem(img, "VMFS_QEMU_NBD=/nonexistent/qemu-nbd"));
     uint8_t b[4096];
     ck_assert_int_eq(vimage_read(img, b, sizeof b, 0), -EIO);
-    char *js = report_json(img);
+    char *js = unit_report_json(img, true);
     ck_assert_ptr_nonnull(strstr(js, "\"qemu_format\": \"parallels\""));
     ck_assert_ptr_nonnull(strstr(js, "not installed"));
     free(js);
@@ -358,7 +286,7 @@ START_TEST(t_not_installed)
     img = open_in_dir(path, NULL);
     ck_assert(!img->top_failed);
     ck_assert_str_eq(vimage_format(img), "qcow via qemu-nbd");
-    ck_assert_msg(has_problem(img, "could not be run"), "no problem");
+    ck_assert_msg(unit_has_problem(img, "could not be run"), "no problem");
     ck_assert_int_eq(vimage_read(img, b, sizeof b, 0), -EIO);
     vimage_unref(img);
     ck_assert_int_eq(waitpid(-1, NULL, WNOHANG), -1);   /* nothing left to reap */
@@ -403,7 +331,7 @@ START_TEST(t_qcow1)
     char *path = write_file("a.qcow", f, n);
     free(f);
     struct vimage *img = open_in_dir(path, NULL);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     ck_assert_str_eq(vimage_format(img), "qcow via qemu-nbd");
     ck_assert_uint_eq(img->size, 4 * MiB);              /* whole sectors, as qemu */
     check_fill(img, 0, CL, 0);
@@ -412,16 +340,10 @@ START_TEST(t_qcow1)
     check_fill(img, 3 * CL, CL, 0xa3);
     check_fill(img, 4 * CL, 4 * MiB - 4 * CL, 0);
     check_fill(img, CL + 1, 100, 0xa1);                 /* unaligned */
-    bool data;
-    uint64_t len;
-    ck_assert_int_eq(vimage_extent(img, 0, &data, &len), 0);
-    ck_assert(!data);
-    ck_assert_uint_eq(len, CL);
-    ck_assert_int_eq(vimage_extent(img, CL, &data, &len), 0);
-    ck_assert(data);
-    ck_assert_uint_eq(len, CL);
+    unit_extent_at(img, 0, false, CL);
+    unit_extent_at(img, CL, true, CL);
     ck_assert_uint_eq(vimage_allocated(img), 2 * CL);
-    char *js = report_json(img);
+    char *js = unit_report_json(img, true);
     ck_assert_ptr_nonnull(strstr(js, "\"bridge_state\": \"serving\""));
     ck_assert_ptr_nonnull(strstr(js, "\"cluster_size\": 4096"));
     free(js);
@@ -450,7 +372,7 @@ START_TEST(t_qcow1_backing)
     char *path = write_file("top.qcow", f, n);
     free(f);
     struct vimage *img = open_in_dir(path, NULL);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     ck_assert_uint_eq(img->nlayers, 2);
     check_fill(img, 0, CL, 0x42);
     check_fill(img, CL, CL, 0xa1);
@@ -477,7 +399,7 @@ START_TEST(t_qcow1_backing)
     close(fd);
     free(f);
     img = open_in_dir(subimg, sub);
-    ck_assert(has_problem(img, "outside the source directory"));
+    ck_assert(unit_has_problem(img, "outside the source directory"));
     check_fill(img, CL, CL, 0xa1);
     uint8_t one[512];
     ck_assert_int_eq(vimage_read(img, one, sizeof one, 0), -EIO);
@@ -558,7 +480,7 @@ START_TEST(t_qemu_refuses)
     struct vimage *img = open_in_dir(path, NULL);
     ck_assert(!img->top_failed);
     ck_assert_str_eq(vimage_format(img), "bochs via qemu-nbd");
-    ck_assert_msg(has_problem(img, "qemu-nbd cannot open it"), "no problem");
+    ck_assert_msg(unit_has_problem(img, "qemu-nbd cannot open it"), "no problem");
     uint8_t b[512];
     ck_assert_int_eq(vimage_read(img, b, sizeof b, 0), -EIO);
     vimage_unref(img);

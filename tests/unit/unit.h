@@ -208,8 +208,9 @@ static inline bool unit_has_problem(struct vimage *img, const char *needle)
 static inline void unit_check_refused(struct vimage *img, const char *needle)
 {
     ck_assert_msg(img != NULL, "not listed (expected a problem with '%s')", needle);
-    ck_assert_msg(img->top_failed, "opened (expected a problem with '%s')", needle);
-    ck_assert_msg(unit_has_problem(img, needle), "no problem with '%s'", needle);
+    ck_assert_msg(img->top_failed, "%s: opened (expected a problem with '%s')", img->path,
+                  needle);
+    ck_assert_msg(unit_has_problem(img, needle), "%s: no problem with '%s'", img->path, needle);
 }
 
 /* img's report as JSON (malloc'ed), with its problems when asked. */
