@@ -180,15 +180,9 @@ START_TEST(extents_follow_the_chain)
     img->size = img->layers[0]->size;
     bool data;
     uint64_t len;
-    ck_assert_int_eq(vimage_extent(img, 0, &data, &len), 0);
-    ck_assert(!data);
-    ck_assert_uint_eq(len, 4 * BLK);        /* zero + backing holes + past backing */
-    ck_assert_int_eq(vimage_extent(img, 4 * BLK, &data, &len), 0);
-    ck_assert(data);
-    ck_assert_uint_eq(len, BLK);
-    ck_assert_int_eq(vimage_extent(img, 5 * BLK, &data, &len), 0);
-    ck_assert(!data);
-    ck_assert_uint_eq(len, 3 * BLK);
+    unit_extent_at(img, 0, false, 4 * BLK);   /* zero + backing holes + past backing */
+    unit_extent_at(img, 4 * BLK, true, BLK);
+    unit_extent_at(img, 5 * BLK, false, 3 * BLK);
     ck_assert_int_eq(vimage_extent(img, 8 * BLK, &data, &len), -ENXIO);
     ck_assert_uint_eq(vimage_allocated(img), BLK);
     mock_free(img);
@@ -211,14 +205,8 @@ START_TEST(open_files_that_are_not_images)
 {
     char *empty = unit_tmpfile("", 0, "qcow2");
     struct vimage *img = vimage_open(empty, NULL, -1, false);
-    ck_assert_ptr_nonnull(img);          /* shown, with a reason */
-    ck_assert(img->top_failed);
-    char **p;
-    size_t n = vimage_problems(img, &p);
-    ck_assert_uint_eq(n, 1);
-    ck_assert_ptr_nonnull(strstr(p[0], "empty"));
-    free(p[0]);
-    free(p);
+    unit_check_refused(img, "empty");    /* shown, with a reason */
+    ck_assert_uint_eq(unit_nproblems(img), 1);
     uint8_t b[1];
     ck_assert_int_eq(vimage_read(img, b, 1, 0), -EIO);
     struct rep *r = rep_new_object();
@@ -256,11 +244,7 @@ START_TEST(raw_with_host_holes)
     char b[4];
     ck_assert_int_eq(vimage_read(img, b, 4, 1 << 20), 0);
     ck_assert_int_eq(memcmp(b, "data", 4), 0);
-    bool data;
-    uint64_t len;
-    ck_assert_int_eq(vimage_extent(img, 0, &data, &len), 0);
-    ck_assert(!data);
-    ck_assert_uint_eq(len, 1 << 20);
+    unit_extent_at(img, 0, false, 1 << 20);
     ck_assert_uint_lt(vimage_allocated(img), 1 << 20);
     vimage_unref(img);
     unlink_free(path);
@@ -349,24 +333,14 @@ START_TEST(raw_with_many_extents)
     }
     ck_assert_uint_eq(vimage_allocated(img), (uint64_t)N * BLK);
     for (int i = N - 1; i >= 0; i -= 7) {
-        bool data;
-        uint64_t len;
-        ck_assert_int_eq(vimage_extent(img, (uint64_t)i * STEP + 100, &data, &len), 0);
-        ck_assert(data);
-        ck_assert_uint_eq(len, BLK - 100);
-        ck_assert_int_eq(vimage_extent(img, (uint64_t)i * STEP + BLK, &data, &len), 0);
-        ck_assert(!data);
-        ck_assert_uint_eq(len, STEP - BLK);
+        unit_extent_at(img, (uint64_t)i * STEP + 100, true, BLK - 100);
+        unit_extent_at(img, (uint64_t)i * STEP + BLK, false, STEP - BLK);
     }
     /* Punch the first block: seen after a second. */
     if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, BLK) == 0) {
         fsync(fd);
         usleep(1100 * 1000);
-        bool data;
-        uint64_t len;
-        ck_assert_int_eq(vimage_extent(img, 0, &data, &len), 0);
-        ck_assert(!data);
-        ck_assert_uint_eq(len, STEP);
+        unit_extent_at(img, 0, false, STEP);
     }
 out:
     close(fd);

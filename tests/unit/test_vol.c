@@ -54,10 +54,6 @@ static void mdisk_free(struct mdisk *m)
     free(m);
 }
 
-static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8); }
-static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)v), put16(p + 2, (uint16_t)(v >> 16)); }
-static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)v), put32(p + 4, (uint32_t)(v >> 32)); }
-
 /* Bitwise CRC-32 (reflected, 0xEDB88320, no inversions): independent of
  * the table-driven one under test. */
 static uint32_t tcrc(uint32_t c, const void *buf, size_t n)
@@ -130,8 +126,8 @@ static void mbr_entry(uint8_t *sec, int slot, uint8_t boot, uint8_t type, uint32
     uint8_t *e = sec + 0x1be + 16 * slot;
     e[0] = boot;
     e[4] = type;
-    put32(e + 8, start);
-    put32(e + 12, count);
+    unit_le(e + 8, start, 4);
+    unit_le(e + 12, count, 4);
     sec[510] = 0x55, sec[511] = 0xaa;
 }
 
@@ -152,7 +148,7 @@ static void ebr(struct mdisk *m, uint64_t ebr, uint32_t rel_start, uint32_t coun
 START_TEST(mbr_primaries_and_logicals)
 {
     struct mdisk *m = mdisk_new(64 * MiB);
-    put32(m->b + 0x1b8, 0xdeadbeef);
+    unit_le(m->b + 0x1b8, 0xdeadbeef, 4);
     mbr_entry(m->b, 0, 0x80, 0x83, 2048, 20480);      /* p1: 1 MiB, 10 MiB */
     mbr_entry(m->b, 1, 0, 0x05, 22528, 40960);        /* p2: extended, 20 MiB */
     mbr_entry(m->b, 3, 0, 0x82, 100000, 20000);       /* p4 (slot 3 empty) */
@@ -206,7 +202,7 @@ START_TEST(mbr_ebr_loop)
     /* A chain that points at itself. */
     ebr(m, 2048, 63, 100, 0 + 0, 0);
     mbr_entry(m->b + 2048 * 512, 1, 0, 0x05, 0, 200);
-    put32(m->b + 2048 * 512 + 0x1be + 16 + 8, 0);
+    unit_le(m->b + 2048 * 512 + 0x1be + 16 + 8, 0, 4);
     lay = scan(m);
     vlayout_free(lay);
     mdisk_free(m);
@@ -312,11 +308,11 @@ static void gpt_write(struct mdisk *m, uint32_t ss, const struct gent *e, size_t
         uint8_t *p = arr + (size_t)e[i].index * esize;
         guid_parse(e[i].type, p);
         guid_parse(e[i].uniq, p + 16);
-        put64(p + 32, e[i].first);
-        put64(p + 40, e[i].last);
-        put64(p + 48, e[i].attrs);
+        unit_le(p + 32, e[i].first, 8);
+        unit_le(p + 40, e[i].last, 8);
+        unit_le(p + 48, e[i].attrs, 8);
         for (int k = 0; e[i].name && e[i].name[k] && k < 36; k++)
-            put16(p + 56 + 2 * k, e[i].name[k]);
+            unit_le(p + 56 + 2 * k, e[i].name[k], 2);
     }
     uint32_t acrc = gcrc(arr, alen);
     for (int copy = 0; copy < 2; copy++) {
@@ -325,18 +321,18 @@ static void gpt_write(struct mdisk *m, uint32_t ss, const struct gent *e, size_t
         uint8_t *h = m->b + my * ss;
         memset(h, 0, ss);
         memcpy(h, "EFI PART", 8);
-        put32(h + 8, 0x00010000);
-        put32(h + 12, 92);
-        put64(h + 24, my);
-        put64(h + 32, alt);
-        put64(h + 40, 2 + albas);
-        put64(h + 48, last - 1 - albas);
+        unit_le(h + 8, 0x00010000, 4);
+        unit_le(h + 12, 92, 4);
+        unit_le(h + 24, my, 8);
+        unit_le(h + 32, alt, 8);
+        unit_le(h + 40, 2 + albas, 8);
+        unit_le(h + 48, last - 1 - albas, 8);
         guid_parse("11223344-5566-7788-99AA-BBCCDDEEFF00", h + 56);
-        put64(h + 72, elba);
-        put32(h + 80, nentries);
-        put32(h + 84, esize);
-        put32(h + 88, acrc);
-        put32(h + 16, gcrc(h, 92));
+        unit_le(h + 72, elba, 8);
+        unit_le(h + 80, nentries, 4);
+        unit_le(h + 84, esize, 4);
+        unit_le(h + 88, acrc, 4);
+        unit_le(h + 16, gcrc(h, 92), 4);
         memcpy(m->b + elba * ss, arr, albas * ss);
     }
     free(arr);
@@ -467,10 +463,10 @@ static void rewrite_header(struct mdisk *m, uint32_t ss, uint64_t lba, uint32_t 
                            uint32_t esize)
 {
     uint8_t *h = m->b + lba * ss;
-    put32(h + 80, nentries);
-    put32(h + 84, esize);
-    put32(h + 16, 0);
-    put32(h + 16, gcrc(h, 92));
+    unit_le(h + 80, nentries, 4);
+    unit_le(h + 84, esize, 4);
+    unit_le(h + 16, 0, 4);
+    unit_le(h + 16, gcrc(h, 92), 4);
 }
 
 START_TEST(gpt_absurd_geometry)
@@ -558,9 +554,9 @@ END_TEST
 static void put_ext4(uint8_t *v)
 {
     uint8_t *sb = v + 1024;
-    put16(sb + 0x38, 0xEF53);
-    put32(sb + 0x5c, 0x4);
-    put32(sb + 0x60, 0x2 | 0x40);
+    unit_le(sb + 0x38, 0xEF53, 2);
+    unit_le(sb + 0x5c, 0x4, 4);
+    unit_le(sb + 0x60, 0x2 | 0x40, 4);
     for (int i = 0; i < 16; i++)
         sb[0x68 + i] = (uint8_t)(0x10 + i);
     memcpy(sb + 0x78, "rootfs", 6);
@@ -568,12 +564,12 @@ static void put_ext4(uint8_t *v)
 
 static void put_fat32(uint8_t *v)
 {
-    put16(v + 11, 512);
+    unit_le(v + 11, 512, 2);
     v[13] = 8;
-    put16(v + 14, 32);
+    unit_le(v + 14, 32, 2);
     v[16] = 2;
     v[66] = 0x29;
-    put32(v + 67, 0x1234abcd);
+    unit_le(v + 67, 0x1234abcd, 4);
     memcpy(v + 71, "EFIBOOT    ", 11);
     memcpy(v + 82, "FAT32   ", 8);
     v[510] = 0x55, v[511] = 0xaa;
@@ -657,16 +653,16 @@ static void lvm_label(struct mdisk *m, uint64_t pv, const char *uuid, uint64_t d
     uint8_t *l = m->b + pv + 512;
     memset(l, 0, 512);
     memcpy(l, "LABELONE", 8);
-    put64(l + 8, 1);
-    put32(l + 20, 32);
+    unit_le(l + 8, 1, 8);
+    unit_le(l + 20, 32, 4);
     memcpy(l + 24, "LVM2 001", 8);
     uint8_t *ph = l + 32;
     memcpy(ph, uuid, 32);
-    put64(ph + 32, devsize);
-    put64(ph + 40, PE_START);
-    put64(ph + 72, MDA_OFF);
-    put64(ph + 80, MDA_SIZE);
-    put32(l + 16, lcrc(l + 20, 512 - 20));
+    unit_le(ph + 32, devsize, 8);
+    unit_le(ph + 40, PE_START, 8);
+    unit_le(ph + 72, MDA_OFF, 8);
+    unit_le(ph + 80, MDA_SIZE, 8);
+    unit_le(l + 16, lcrc(l + 20, 512 - 20), 4);
 }
 
 /* The metadata area of the PV at pv: text at rl_off (it wraps past the
@@ -678,16 +674,16 @@ static void lvm_mda(struct mdisk *m, uint64_t pv, const char *text, uint64_t rl_
     size_t len = strlen(text) + 1;
     memset(a, 0, 512);
     memcpy(a + 4, mda_magic_t, 16);
-    put32(a + 20, 1);
-    put64(a + 24, MDA_OFF);
-    put64(a + 32, MDA_SIZE);
+    unit_le(a + 20, 1, 4);
+    unit_le(a + 24, MDA_OFF, 8);
+    unit_le(a + 32, MDA_SIZE, 8);
     size_t first = (size_t)VMFS_MIN(len, MDA_SIZE - rl_off);
     memcpy(a + rl_off, text, first);
     memcpy(a + 512, text + first, len - first);
-    put64(a + 40, rl_off);
-    put64(a + 48, len);
-    put32(a + 56, lcrc(text, len) ^ (bad_crc ? 1 : 0));
-    put32(a, lcrc(a + 4, 512 - 4));
+    unit_le(a + 40, rl_off, 8);
+    unit_le(a + 48, len, 8);
+    unit_le(a + 56, lcrc(text, len) ^ (bad_crc ? 1 : 0), 4);
+    unit_le(a, lcrc(a + 4, 512 - 4), 4);
 }
 
 #define VG_HEAD \
@@ -1209,8 +1205,8 @@ START_TEST(random_damage)
         /* Re-sign the metadata area so damage in the text reaches the parser. */
         if (it % 3 == 0) {
             uint8_t *a = m->b + P1 + MDA_OFF;
-            put32(a + 56, lcrc(a + 512, get_le64(a + 48) < 100000 ? get_le64(a + 48) : 0));
-            put32(a, lcrc(a + 4, 508));
+            unit_le(a + 56, lcrc(a + 512, get_le64(a + 48) < 100000 ? get_le64(a + 48) : 0), 4);
+            unit_le(a, lcrc(a + 4, 508), 4);
         }
         struct vlayout *lay = scan(m);
         char *j = rep_to_json(lay->facts), *t = rep_to_text(lay->facts);
@@ -1233,8 +1229,8 @@ START_TEST(random_damage)
         for (int k = 0; k < 4; k++)
             m->b[rand() % 8192] = (uint8_t)rand();
         if (it % 2) {
-            put32(m->b + 512 + 16, 0);
-            put32(m->b + 512 + 16, gcrc(m->b + 512, 92));
+            unit_le(m->b + 512 + 16, 0, 4);
+            unit_le(m->b + 512 + 16, gcrc(m->b + 512, 92), 4);
         }
         vlayout_free(scan(m));
         memcpy(m->b, saved, m->size);
