@@ -52,8 +52,8 @@ struct qed {
     uint64_t table_bytes;
     uint64_t header_end;     /* clusters below this hold the header */
     uint64_t file_end;       /* file size rounded down to a cluster */
-    uint64_t l1_used;        /* L1 entries the virtual size needs */
-    struct vtab l1;          /* count: of those, entries inside the file */
+    struct vtab l1;          /* count: L1 entries the virtual size needs that lie
+                                inside the file */
 
     struct vdamage damage;   /* problems met while mapping, each reported once */
 };
@@ -145,18 +145,15 @@ static struct vtab qed_table(uint64_t off, uint64_t count, uint64_t key_tag)
  * does not hold become error runs. */
 static int check_l1(struct qed *q)
 {
-    uint64_t off = q->h.l1_off, fsize = q->l->file->size;
+    uint64_t off = q->h.l1_off;
     if ((off & (q->cs - 1)) || off < q->header_end) {
         vlayer_problem(q->l, "L1 table offset 0x%" PRIx64 " is not a cluster boundary after "
                        "the header", off);
         return -EINVAL;
     }
     uint64_t span_bits = q->cbits + q->ebits;
-    q->l1_used = span_bits >= 64 ? 1 : (q->l->size + (1ull << span_bits) - 1) >> span_bits;
-    q->l1 = qed_table(off, vtab_avail(off, q->l1_used, QED_ENTRY, fsize), QED_KEY_L1);
-    if (q->l1.count < q->l1_used)
-        vlayer_problem(q->l, "L1 table at 0x%" PRIx64 ": entries %" PRIu64 " to %" PRIu64
-                       " lie past the end of the file", off, q->l1.count, q->l1_used - 1);
+    uint64_t used = span_bits >= 64 ? 1 : (q->l->size + (1ull << span_bits) - 1) >> span_bits;
+    q->l1 = qed_table(off, vtab_in_file(q->l, "L1 table", off, used, QED_ENTRY), QED_KEY_L1);
     return 0;
 }
 

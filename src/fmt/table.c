@@ -1,6 +1,8 @@
 /* vmfs — block tables read through the shared cache (table.h). */
 #include "config.h"
 
+#include <inttypes.h>
+
 #include "fmt/table.h"
 
 void vtab_cur_release(struct vtab_cur *c)
@@ -65,7 +67,26 @@ int vtab_entry(struct vlayer *l, struct vtab_cur *c, const struct vtab *t, uint6
     return 0;
 }
 
-uint64_t vtab_avail(uint64_t off, uint64_t used, unsigned width, uint64_t fsize)
+uint64_t vtab_used(struct vlayer *l, const char *name, uint64_t entries, uint64_t block_size,
+                   uint64_t disk_size)
 {
-    return off >= fsize ? 0 : VMFS_MIN(used, (fsize - off) / width);
+    uint64_t need = disk_size / block_size + (disk_size % block_size != 0);
+    if (need <= entries)
+        return need;
+    /* entries * block_size < disk_size: no overflow. */
+    vlayer_problem(l, "the %s has %" PRIu64 " entries of %" PRIu64 " bytes, too few for the %"
+                   PRIu64 "-byte disk: reads past %" PRIu64 " bytes fail", name, entries,
+                   block_size, disk_size, entries * block_size);
+    return entries;
+}
+
+uint64_t vtab_in_file(struct vlayer *l, const char *name, uint64_t off, uint64_t used,
+                      unsigned width)
+{
+    uint64_t fsize = l->file->size;
+    uint64_t n = off >= fsize ? 0 : VMFS_MIN(used, (fsize - off) / width);
+    if (n < used)
+        vlayer_problem(l, "%s at 0x%" PRIx64 ": entries %" PRIu64 " to %" PRIu64
+                       " lie past the end of the file", name, off, n, used - 1);
+    return n;
 }

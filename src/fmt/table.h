@@ -56,8 +56,17 @@ struct vtab {
 int vtab_entry(struct vlayer *l, struct vtab_cur *c, const struct vtab *t, uint64_t idx,
                uint64_t *e, bool *ok);
 
-/* How many entries of a table at off the driver may read: the used ones
- * that lie wholly inside a file of fsize bytes (of width-byte entries). */
-uint64_t vtab_avail(uint64_t off, uint64_t used, unsigned width, uint64_t fsize);
+/* How many entries of a table of `entries` the disk uses, one per block
+ * of block_size bytes (a power of two) of a disk_size-byte disk.  A table
+ * too short for the disk is reported as "the NAME has …": reads past its
+ * last block fail. */
+uint64_t vtab_used(struct vlayer *l, const char *name, uint64_t entries, uint64_t block_size,
+                   uint64_t disk_size);
+
+/* How many of the first `used` entries (width bytes each) of the table
+ * NAME at off lie wholly inside l's file: the count for its struct vtab.
+ * Entries past the end of the file are reported once, here. */
+uint64_t vtab_in_file(struct vlayer *l, const char *name, uint64_t off, uint64_t used,
+                      unsigned width);
 
 #endif

@@ -53,8 +53,8 @@ struct vdi {
     struct vdi_header h;
     unsigned block_bits;
     uint64_t stride;          /* block_size + block_extra */
-    uint64_t map_used;        /* entries the virtual size needs */
-    struct vtab map;          /* the block map; count: entries inside the file */
+    struct vtab map;          /* the block map; count: entries the virtual size
+                                 needs that lie inside the file */
     bool has_parent;
 
     struct vdamage damage;   /* problems met while mapping, each reported once */
@@ -164,22 +164,11 @@ static int check_geometry(struct vdi *d)
 static void check_map(struct vdi *d)
 {
     const struct vdi_header *h = &d->h;
-    struct vlayer *l = d->l;
-    uint64_t need = (h->disk_size + h->block_size - 1) >> d->block_bits;
-    uint64_t fsize = l->file->size;
-    d->map_used = VMFS_MIN(need, (uint64_t)h->blocks);
-    if (need > h->blocks)
-        vlayer_problem(l, "the block map has %" PRIu32 " entries of %" PRIu32 " bytes, too few "
-                       "for the %" PRIu64 "-byte disk: reads past %" PRIu64 " bytes fail",
-                       h->blocks, h->block_size, h->disk_size,
-                       (uint64_t)h->blocks * h->block_size);
+    uint64_t used = vtab_used(d->l, "block map", h->blocks, h->block_size, h->disk_size);
     /* 32-bit little-endian block indexes; the only table in the cache. */
-    d->map = (struct vtab){.off = h->off_bmap, .width = VDI_ENTRY, .order = VTAB_LE,
-                           .count = vtab_avail(h->off_bmap, d->map_used, VDI_ENTRY, fsize)};
-    if (d->map.count < d->map_used)
-        vlayer_problem(l, "block map at 0x%" PRIx32 ": entries %" PRIu64 " to %" PRIu64
-                       " lie past the end of the file", h->off_bmap, d->map.count,
-                       d->map_used - 1);
+    d->map = (struct vtab){
+        .off = h->off_bmap, .width = VDI_ENTRY, .order = VTAB_LE,
+        .count = vtab_in_file(d->l, "block map", h->off_bmap, used, VDI_ENTRY)};
 }
 
 static void check_parent(struct vdi *d)

@@ -93,8 +93,8 @@ struct vhd {
     uint32_t dyn_version, max_entries, block_size, bitmap_size;
     unsigned block_bits;
     bool dyn_sum_ok;
-    uint64_t bat_used;          /* entries the virtual size needs, <= max_entries */
-    struct vtab bat;            /* the BAT; count: of those, entries inside the file */
+    struct vtab bat;            /* the BAT; count: entries the virtual size needs
+                                   that lie inside the file */
     uint8_t parent_uuid[16];
     uint32_t parent_ts;
     char *parent_name;
@@ -497,22 +497,11 @@ static int check_block_size(struct vhd *v, uint32_t bs)
 static void check_bat(struct vhd *v)
 {
     struct vlayer *l = v->l;
-    uint64_t need = (l->size + v->block_size - 1) >> v->block_bits;
-    uint64_t fsize = l->file->size;
-    v->bat_used = VMFS_MIN(need, (uint64_t)v->max_entries);
-    if (need > v->max_entries)
-        vlayer_problem(l, "the block table has %" PRIu32 " entries of %" PRIu32 " bytes, too few "
-                       "for the %" PRIu64 "-byte disk: reads past %" PRIu64 " bytes fail",
-                       v->max_entries, v->block_size, l->size,
-                       (uint64_t)v->max_entries * v->block_size);
+    uint64_t used = vtab_used(l, "block table", v->max_entries, v->block_size, l->size);
     /* 32-bit big-endian sector numbers. */
-    v->bat = (struct vtab){.off = v->bat_off, .width = VHD_ENTRY, .order = VTAB_BE,
-                           .count = vtab_avail(v->bat_off, v->bat_used, VHD_ENTRY, fsize),
-                           .key_tag = VHD_KEY_BAT};
-    if (v->bat.count < v->bat_used)
-        vlayer_problem(l, "block table at 0x%" PRIx64 ": entries %" PRIu64 " to %" PRIu64
-                       " lie past the end of the file", v->bat_off, v->bat.count,
-                       v->bat_used - 1);
+    v->bat = (struct vtab){
+        .off = v->bat_off, .width = VHD_ENTRY, .order = VTAB_BE, .key_tag = VHD_KEY_BAT,
+        .count = vtab_in_file(l, "block table", v->bat_off, used, VHD_ENTRY)};
 }
 
 static int read_dyn_header(struct vhd *v, uint8_t *b)
