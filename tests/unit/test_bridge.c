@@ -267,10 +267,7 @@ START_TEST(t_not_installed)
     ck_assert(unit_has_problem(img, "VMFS_QEMU_NBD=/nonexistent/qemu-nbd"));
     uint8_t b[4096];
     ck_assert_int_eq(vimage_read(img, b, sizeof b, 0), -EIO);
-    char *js = unit_report_json(img, true);
-    ck_assert_ptr_nonnull(strstr(js, "\"qemu_format\": \"parallels\""));
-    ck_assert_ptr_nonnull(strstr(js, "not installed"));
-    free(js);
+    unit_check_report(img, true, "\"qemu_format\": \"parallels\"", "not installed");
     vimage_unref(img);
     unlink(path);
     free(path);
@@ -343,10 +340,7 @@ START_TEST(t_qcow1)
     unit_extent_at(img, 0, false, CL);
     unit_extent_at(img, CL, true, CL);
     ck_assert_uint_eq(vimage_allocated(img), 2 * CL);
-    char *js = unit_report_json(img, true);
-    ck_assert_ptr_nonnull(strstr(js, "\"bridge_state\": \"serving\""));
-    ck_assert_ptr_nonnull(strstr(js, "\"cluster_size\": 4096"));
-    free(js);
+    unit_check_report(img, true, "\"bridge_state\": \"serving\"", "\"cluster_size\": 4096");
     vimage_unref(img);
     /* the process and its private directory are gone */
     ck_assert_int_eq(waitpid(-1, NULL, WNOHANG), -1);

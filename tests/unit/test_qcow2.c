@@ -449,12 +449,9 @@ START_TEST(test_basic_versions)
     unit_run_at(img, 0x20000, b->vsize - 0x20000, VRUN_BACKING, 0x10000);
     if (version == 3)
         unit_run_at(img, 0x50000, b->vsize - 0x50000, VRUN_ZERO, 0x20000);
-    char *j = unit_report_json(img, false);
-    ck_assert_ptr_nonnull(strstr(j, version == 2 ? "\"format_version\": 2"
-                                                 : "\"format_version\": 3"));
-    ck_assert_ptr_nonnull(strstr(j, "\"cluster_size\": 65536"));
-    ck_assert_ptr_nonnull(strstr(j, "\"compression\": \"zlib\""));
-    free(j);
+    unit_check_report(img, false,
+                      version == 2 ? "\"format_version\": 2" : "\"format_version\": 3",
+                      "\"cluster_size\": 65536", "\"compression\": \"zlib\"");
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -566,9 +563,7 @@ static struct vimage *open_poked(struct qb *b, uint64_t off, uint64_t v, unsigne
 /* Walks the allocation of the whole disk (as info does): must not hang. */
 static void walk_allocation(struct vimage *img)
 {
-    char *j = unit_report_json(img, false);
-    ck_assert_ptr_nonnull(strstr(j, "\"data_size\""));
-    free(j);
+    unit_check_report(img, false, "\"data_size\"");
 }
 
 /* Absurd L1 sizes and virtual sizes are reported; what the L1 table that
@@ -768,10 +763,7 @@ START_TEST(test_subclusters)
     ck_assert_uint_eq(run.src_off, host + 0x800);
     unit_run_at(img, 0x2000, vsize - 0x2000, VRUN_ZERO, 0x1000);
     unit_run_at(img, 0x3000, vsize - 0x3000, VRUN_BACKING, 0xd000);
-    char *j = unit_report_json(img, false);
-    ck_assert_ptr_nonnull(strstr(j, "\"extended_l2\": true"));
-    ck_assert_ptr_nonnull(strstr(j, "\"subcluster_size\": 2048"));
-    free(j);
+    unit_check_report(img, false, "\"extended_l2\": true", "\"subcluster_size\": 2048");
     vimage_unref(img);
     unlink_free(path);
     unlink_free(base);
@@ -810,10 +802,7 @@ START_TEST(test_compressed)
     ck_assert(unit_has_problem(img, zstd ? "corrupt zstd data" : "corrupt deflate data"));
     ck_assert_uint_eq(unit_nproblems(img), 1);
     unit_run_at(img, 0x1000, b->vsize - 0x1000, VRUN_DECODE, 0x1f000);
-    char *j = unit_report_json(img, false);
-    ck_assert_ptr_nonnull(strstr(j, zstd ? "\"compression\": \"zstd\""
-                                         : "\"compression\": \"zlib\""));
-    free(j);
+    unit_check_report(img, false, zstd ? "\"compression\": \"zstd\"" : "\"compression\": \"zlib\"");
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -912,12 +901,8 @@ START_TEST(test_dirty_corrupt)
     struct vimage *img = qb_open(b, &path);
     ck_assert(!img->top_failed);
     check_all(img, b);
-    char *j = unit_report_json(img, false);
-    ck_assert_ptr_nonnull(strstr(j, "\"dirty\": true"));
-    ck_assert_ptr_nonnull(strstr(j, "\"corrupt\": true"));
-    ck_assert_ptr_nonnull(strstr(j, "\"lazy_refcounts\": true"));
-    ck_assert_ptr_nonnull(strstr(j, "\"dirty bit\""));
-    free(j);
+    unit_check_report(img, false, "\"dirty\": true", "\"corrupt\": true",
+                      "\"lazy_refcounts\": true", "\"dirty bit\"");
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
@@ -952,10 +937,7 @@ START_TEST(test_data_file)
         unit_check_range(img, b->exp, 0x40000, (size_t)vsize - 0x40000);
         ck_assert_int_eq(unit_read_err(img, 0x30000, 512), -EIO);
         ck_assert(unit_has_problem(img, "differs from the guest offset"));
-        char *j = unit_report_json(img, false);
-        ck_assert_ptr_nonnull(strstr(j, "\"data_file_raw\": true"));
-        ck_assert_ptr_nonnull(strstr(j, raw));
-        free(j);
+        unit_check_report(img, false, "\"data_file_raw\": true", raw);
     }
     vimage_unref(img);
     unlink_free(path);
@@ -1024,9 +1006,7 @@ START_TEST(test_snapshots)
     s = vimage_snapshot(img, 1);
     ck_assert_str_eq(s->name, "");
     ck_assert_uint_eq(s->disk_size, 64 << 10);   /* no extra data: the header's */
-    char *j = unit_report_json(img, false);
-    ck_assert_ptr_nonnull(strstr(j, "\"snapshot_table\""));
-    free(j);
+    unit_check_report(img, false, "\"snapshot_table\"");
     vimage_unref(img);
 
     img = open_img(path, 0);

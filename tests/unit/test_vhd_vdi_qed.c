@@ -277,10 +277,7 @@ START_TEST(vhd_fixed_chs)
     ck_assert_str_eq(vimage_format(img), "vpc");
     ck_assert_uint_eq(unit_nproblems(img), 0);
     unit_check_disk(img, b->exp, 20 * 4 * 17 * 512);
-    char *j = unit_report_json(img, false);
-    ck_assert_ptr_nonnull(strstr(j, "\"subformat\": \"fixed\""));
-    ck_assert_ptr_nonnull(strstr(j, "\"size_from\": \"geometry\""));
-    free(j);
+    unit_check_report(img, false, "\"subformat\": \"fixed\"", "\"size_from\": \"geometry\"");
     vimage_unref(img);
     vhd_free(b);
     free(p);
@@ -382,10 +379,7 @@ START_TEST(vhd_dynamic)
     /* One run per block: bitmaps lie between blocks. */
     unit_run_at(img, 100, 1 << 20, VRUN_DATA, (64 << 10) - 100);
     unit_run_at(img, 192 << 10, img->size - (192 << 10), VRUN_ZERO, (5 << 20) - (192 << 10));
-    char *j = unit_report_json(img, false);
-    ck_assert_ptr_nonnull(strstr(j, "\"subformat\": \"dynamic\""));
-    ck_assert_ptr_nonnull(strstr(j, "\"block_size\": 65536"));
-    free(j);
+    unit_check_report(img, false, "\"subformat\": \"dynamic\"", "\"block_size\": 65536");
     vimage_unref(img);
     vhd_free(b);
     free(p);
@@ -448,10 +442,7 @@ START_TEST(vhd_diff_w2ru)
     ck_assert_uint_eq(unit_nproblems(img), 0);
     ck_assert_uint_eq(img->nlayers, 2);
     unit_check_disk(img, b->exp, b->size);
-    char *j = unit_report_json(img, false);
-    ck_assert_ptr_nonnull(strstr(j, "\"platform\": \"W2ru\""));
-    ck_assert_ptr_nonnull(strstr(j, "\"path\": \".\\\\parent.vhd\""));
-    free(j);
+    unit_check_report(img, false, "\"platform\": \"W2ru\"", "\"path\": \".\\\\parent.vhd\"");
     vimage_unref(img);
     vhd_free(b);
     vhd_free(par);
@@ -616,9 +607,7 @@ START_TEST(vhd_footer_damaged_uses_copy)
         ck_assert_ptr_nonnull(img);
         ck_assert(unit_has_problem(img, "using its copy at offset 0"));
         unit_check_disk(img, b->exp, b->size);
-        char *j = unit_report_json(img, false);
-        ck_assert_ptr_nonnull(strstr(j, "\"footer\": \"copy at offset 0\""));
-        free(j);
+        unit_check_report(img, false, "\"footer\": \"copy at offset 0\"");
         vimage_unref(img);
         vhd_free(b);
         free(p);
@@ -999,11 +988,8 @@ START_TEST(vdi_dynamic)
     unit_check_disk(img, b->exp, b->size);
     unit_extent_at(img, 0, true, 128 << 10);
     unit_extent_at(img, 128 << 10, false, (2 << 20) - (128 << 10));
-    char *j = unit_report_json(img, false);
-    ck_assert_ptr_nonnull(strstr(j, "\"image_type\": \"dynamic\""));
-    ck_assert_ptr_nonnull(strstr(j, "\"blocks_allocated\": 4"));
-    ck_assert_ptr_nonnull(strstr(j, "\"uuid\": \"13121110-1514-1716-1819-1a1b1c1d1e1f\""));
-    free(j);
+    unit_check_report(img, false, "\"image_type\": \"dynamic\"", "\"blocks_allocated\": 4",
+                      "\"uuid\": \"13121110-1514-1716-1819-1a1b1c1d1e1f\"");
     vimage_unref(img);
     vdi_free(b);
     free(p);
@@ -1021,9 +1007,7 @@ START_TEST(vdi_static_one_run)
     ck_assert_uint_eq(unit_nproblems(img), 0);
     unit_check_disk(img, b->exp, b->size);
     unit_run_at(img, 100, (5 << 20) - 100, VRUN_DATA, (5 << 20) - 100);
-    char *j = unit_report_json(img, false);
-    ck_assert_ptr_nonnull(strstr(j, "\"image_type\": \"static\""));
-    free(j);
+    unit_check_report(img, false, "\"image_type\": \"static\"");
     vimage_unref(img);
     vdi_free(b);
     free(p);
@@ -1367,9 +1351,7 @@ START_TEST(qed_need_check_and_missing_backing)
     ck_assert(unit_has_problem(img, "nowhere.raw"));
     unit_check_range(img, b->exp, 0, 4096);
     ck_assert_int_eq(unit_read_err(img, 4096, 512), -EIO);
-    char *j = unit_report_json(img, false);
-    ck_assert_ptr_nonnull(strstr(j, "\"need_check\": true"));
-    free(j);
+    unit_check_report(img, false, "\"need_check\": true");
     vimage_unref(img);
     qed_free(b);
     free(p);

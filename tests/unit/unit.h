@@ -7,6 +7,7 @@
 
 #include <check.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,6 +224,25 @@ static inline char *unit_report_json(struct vimage *img, bool problems)
     char *j = rep_to_json(r);
     rep_free(r);
     return j;
+}
+
+/* img's report (with its problems when asked) holds each of the strings
+ * given; it is printed when one is missing. */
+#define unit_check_report(img, problems, ...) \
+    unit_check_report_((img), (problems), __VA_ARGS__, (const char *)NULL)
+
+static inline void unit_check_report_(struct vimage *img, bool problems, ...)
+{
+    char *j = unit_report_json(img, problems);
+    va_list ap;
+    va_start(ap, problems);
+    for (const char *s; (s = va_arg(ap, const char *)) != NULL;) {
+        if (!strstr(j, s))
+            fprintf(stderr, "%s\n", j);
+        ck_assert_msg(strstr(j, s) != NULL, "the report lacks %s", s);
+    }
+    va_end(ap);
+    free(j);
 }
 
 /* What a read of len bytes at off returns (0 or a negative errno). */
