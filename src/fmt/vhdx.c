@@ -1339,22 +1339,22 @@ static void data_run(struct vhdx *v, uint64_t src_off, struct vrun *run)
 }
 
 /* Within a partially present block: the sectors from o (offset in the
- * block) whose bitmap bits equal the first one, up to o + lim. */
-static void partial_run(struct vlayer *l, struct slice_ref *sb, uint64_t b, uint64_t foff,
-                        uint64_t o, struct vrun *run)
+ * block) whose bitmap bits equal the first one, up to o + lim.  The
+ * bitmap's BAT entry follows its chunk's block entries, so it normally
+ * lies in the BAT slice bat already holds. */
+static void partial_run(struct vlayer *l, struct slice_ref *bat, struct slice_ref *sb,
+                        uint64_t b, uint64_t foff, uint64_t o, struct vrun *run)
 {
     struct vhdx *v = l->priv;
     uint64_t chunk = b / v->chunk_ratio;
     uint64_t idx = chunk * (v->chunk_ratio + 1) + v->chunk_ratio, e;
-    struct slice_ref bs = {0};
     if (idx >= v->bat_usable) {
         once(l, P_BAT_SHORT, "the BAT entry of the sector bitmap of chunk %" PRIu64 " is missing",
              chunk);
         error_run(run);
         return;
     }
-    int r = bat_get(l, &bs, idx, &e);
-    slice_drop(&bs);
+    int r = bat_get(l, bat, idx, &e);
     if (r < 0) {
         once(l, P_BAT_IO, "cannot read the BAT: %s", strerror(-r));
         error_run(run);
@@ -1456,7 +1456,7 @@ static void block_run(struct vlayer *l, struct slice_ref *bat, struct slice_ref 
                  "present, which only a differencing image may be", b, bstart);
             error_run(run);
         } else if (block_in_file(l, b, foff, blen)) {
-            partial_run(l, sb, b, foff, o, run);
+            partial_run(l, bat, sb, b, foff, o, run);
         } else {
             error_run(run);
         }

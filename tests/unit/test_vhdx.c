@@ -951,6 +951,81 @@ END_TEST
 
 /* Only a Windows path names the parent: found beside the child; a wrong
  * parent_linkage is reported. */
+/* A BAT slice of the cache holds 8192 entries.  With 1 MiB blocks and
+ * 512-byte sectors a chunk has 4096 blocks and its sector bitmap entry
+ * comes after them: block 8190's entry (8191) is in the first slice, its
+ * chunk's bitmap entry (8193) and block 8191's entry (8192) in the second.
+ * Reads across the two blocks go back and forth between the slices. */
+START_TEST(test_diff_bitmap_entry_next_slice)
+{
+    const uint64_t vsize = 8192 * MB;
+    struct vb p, c;
+    vb_init(&p, vsize, (uint32_t)MB, 512, false);
+    guid(p.dwg, "{CAFEBABE-0000-1111-2222-333344445555}");
+    char *ppath = vb_write(&p, "vhdx");
+    vb_init(&c, vsize, (uint32_t)MB, 512, true);
+    ck_assert_uint_eq(c.cr, 4096);
+    uint64_t off = vb_alloc(&c, MB), off2 = vb_alloc(&c, MB), sb = vb_alloc(&c, MB);
+    vb_block(&c, 8190, 7, off);
+    vb_bat(&c, 2 * c.cr + 1, 6, sb);
+    /* Sectors 0-7 and the last one of block 8190 are the child's. */
+    uint64_t first_bit = (8190 % c.cr) * (MB / 512);
+    for (uint64_t s = 0; s < 8; s++)
+        c.buf[sb + (first_bit + s) / 8] |= (uint8_t)(1 << ((first_bit + s) % 8));
+    uint64_t last = first_bit + MB / 512 - 1;
+    c.buf[sb + last / 8] |= (uint8_t)(1 << (last % 8));
+    for (uint64_t i = 0; i < MB; i++)
+        c.buf[off + i] = pat(0x31, i);
+    vb_block(&c, 8191, 6, off2);
+    for (uint64_t i = 0; i < MB; i++)
+        c.buf[off2 + i] = pat(0x42, i);
+    set_locator(&c, base_name(ppath), NULL, "{CAFEBABE-0000-1111-2222-333344445555}");
+    char *cpath = vb_write(&c, "avhdx");
+    struct vimage *img = open_ok(cpath);
+    ck_assert_uint_eq(img->nlayers, 2);
+
+    struct vlayer *l = img->layers[0];
+    struct vrun run;
+    const uint64_t at = 8190 * MB;
+    ck_assert_int_eq(l->drv->map(l, at, 2 * MB, &run), 0);
+    ck_assert_int_eq(run.kind, VRUN_DATA);
+    ck_assert_uint_eq(run.len, 4096);
+    ck_assert_uint_eq(run.src_off, off);
+    ck_assert_int_eq(l->drv->map(l, at + 4096, 2 * MB - 4096, &run), 0);
+    ck_assert_int_eq(run.kind, VRUN_BACKING);
+    ck_assert_uint_eq(run.len, MB - 4096 - 512);
+    /* The last sector of block 8190 and all of block 8191 lie back to
+     * back in the file: one run across the slice change. */
+    ck_assert_int_eq(l->drv->map(l, at + MB - 512, MB + 512, &run), 0);
+    ck_assert_int_eq(run.kind, VRUN_DATA);
+    ck_assert_uint_eq(run.len, MB + 512);
+    ck_assert_uint_eq(run.src_off, off + MB - 512);
+
+    uint8_t *exp = calloc(1, 2 * MB), *buf = malloc(2 * MB);
+    for (uint64_t i = 0; i < 4096; i++)
+        exp[i] = pat(0x31, i);
+    for (uint64_t i = MB - 512; i < MB; i++)
+        exp[i] = pat(0x31, i);
+    for (uint64_t i = 0; i < MB; i++)
+        exp[MB + i] = pat(0x42, i);
+    ck_assert_int_eq(vimage_read(img, buf, 2 * MB, at), 0);
+    ck_assert(!memcmp(buf, exp, 2 * MB));
+    for (uint64_t o = 0; o < 2 * MB; o += 3 * 4096 + 512) {
+        size_t n = (size_t)VMFS_MIN((uint64_t)8192, 2 * MB - o);
+        ck_assert_int_eq(vimage_read(img, buf, n, at + o), 0);
+        ck_assert(!memcmp(buf, exp + o, n));
+    }
+    ck_assert_uint_eq(nproblems(img), 0);
+    free(exp);
+    free(buf);
+    vimage_unref(img);
+    unlink_free(cpath);
+    unlink_free(ppath);
+    vb_free(&p);
+    vb_free(&c);
+}
+END_TEST
+
 START_TEST(test_diff_windows_path)
 {
     struct vb p, c;
@@ -1242,6 +1317,7 @@ static Suite *vhdx_suite(void)
     tcase_add_test(t, test_bad_blocks);
     tcase_add_test(t, test_diff_512);
     tcase_add_test(t, test_diff_4k);
+    tcase_add_test(t, test_diff_bitmap_entry_next_slice);
     tcase_add_test(t, test_diff_windows_path);
     tcase_add_test(t, test_diff_missing_parent);
     tcase_add_test(t, test_diff_loop);
