@@ -6,7 +6,9 @@
  * it never opens the source file; it mounts every filesystem of the view
  * read-only without replaying journals, and is stopped after an idle
  * timeout.  A crashed or hung appliance is detected and restarted on the
- * next access; requests it swallowed fail with EIO.
+ * next access; a request under which an appliance dies goes once to a new
+ * one (everything only reads), and only requests swallowed by an
+ * appliance killed for hanging fail with EIO.
  *
  * Filesystems are named by their block view: "disk" (no partition table),
  * "p1" … "pN", "lvm/VG/LV" — the same names as the flat files in NAME.d/.

@@ -204,7 +204,7 @@ int app_run(struct app *a, struct job *j)
     else if (j->state == JOB_QUEUED)
         r = a->retryable ? -EAGAIN : -EIO;
     else
-        r = -EIO;   /* swallowed by an appliance that died */
+        r = -EIO;   /* swallowed by an appliance killed for hanging or stopped */
     pthread_mutex_unlock(&a->lock);
     return r;
 }
@@ -582,8 +582,9 @@ int app_get(struct timg *t, struct app **out)
 
 /* ---- watching the hypervisor ---- */
 
-/* True while process pid exists and is not a zombie. */
-static bool pid_alive(pid_t pid)
+/* The state letter and parent of process pid, from /proc: false when
+ * there is no such process. */
+static bool proc_stat(pid_t pid, char *state, pid_t *ppid)
 {
     char path[64], buf[512];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
@@ -596,7 +597,19 @@ static bool pid_alive(pid_t pid)
         return false;
     buf[n] = 0;
     const char *rp = strrchr(buf, ')');
-    return rp && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X';
+    int pp;
+    if (!rp || sscanf(rp + 1, " %c %d", state, &pp) != 2)
+        return false;
+    *ppid = (pid_t)pp;
+    return true;
+}
+
+/* True while process pid exists and is not a zombie. */
+static bool pid_alive(pid_t pid)
+{
+    char st;
+    pid_t ppid;
+    return proc_stat(pid, &st, &ppid) && st != 'Z' && st != 'X';
 }
 
 /* Children of this process whose command line names dir: the hypervisor
@@ -611,26 +624,15 @@ static size_t children_naming(const char *dir, pid_t *pids, size_t max)
         long pid = strtol(de->d_name, &end, 10);
         if (*end || pid <= 0)
             continue;
-        char path[64], buf[8192];
-        snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+        char path[64], buf[8192], st;
+        pid_t ppid;
+        if (!proc_stat((pid_t)pid, &st, &ppid) || ppid != getpid())
+            continue;
+        snprintf(path, sizeof path, "/proc/%ld/cmdline", pid);
         int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
             continue;
         ssize_t r = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (r <= 0)
-            continue;
-        buf[r] = 0;
-        const char *rp = strrchr(buf, ')');
-        int ppid;
-        char st;
-        if (!rp || sscanf(rp + 1, " %c %d", &st, &ppid) != 2 || ppid != getpid())
-            continue;
-        snprintf(path, sizeof path, "/proc/%ld/cmdline", pid);
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        r = read(fd, buf, sizeof buf - 1);
         close(fd);
         if (r <= 0)
             continue;
@@ -646,12 +648,16 @@ static size_t children_naming(const char *dir, pid_t *pids, size_t max)
     return n;
 }
 
-/* Kills an appliance's hypervisor: how many processes were signalled. */
+/* Kills an appliance's hypervisor: how many processes were signalled.
+ * pid is signalled only while it is still a child of this process: once
+ * libguestfs has waited for a dead hypervisor, its number may already
+ * name another process. */
 static size_t kill_hypervisor(struct app *a, pid_t pid)
 {
-    pid_t pids[8];
+    pid_t pids[8], ppid;
     size_t found = children_naming(a->dir, pids, 8), killed = 0;
-    if (pid > 0 && kill(pid, SIGKILL) == 0)
+    char st;
+    if (pid > 0 && proc_stat(pid, &st, &ppid) && ppid == getpid() && kill(pid, SIGKILL) == 0)
         killed++;
     for (size_t i = 0; i < found; i++)
         if (pids[i] != pid && kill(pids[i], SIGKILL) == 0)
@@ -943,6 +949,7 @@ static void serve_jobs(struct app *a)
              * watchdog killed this one for hanging: then it is an EIO. */
             pthread_mutex_lock(&a->lock);
             bool hung = a->kill_sent;
+            a->pid = 0;   /* libguestfs has waited for it */
             pthread_mutex_unlock(&a->lock);
             vmfs_log(VMFS_LOG_WARN, "guest: the appliance of %s died", a->t->path);
             /* The job is done and the appliance gone from the registry in

@@ -1040,11 +1040,14 @@ static int w_facts(struct app *a, struct job *j)
     char *label = type && *type ? guestfs_vfs_label(a->g, f->dev) : NULL;
     char *uuid = type && *type ? guestfs_vfs_uuid(a->g, f->dev) : NULL;
     call_end(a);
-    set_facts(a, f, type, label, uuid);
+    /* Answers cut short by the appliance's death are not facts. */
+    bool dead = !guestfs_is_ready(a->g);
+    if (!dead)
+        set_facts(a, f, type, label, uuid);
     free(type);
     free(label);
     free(uuid);
-    if (!guestfs_is_ready(a->g))
+    if (dead)
         return -EIO;
     struct job *next = job_new(J_FACTS, 0, "/");
     app_queue_background(a, next);

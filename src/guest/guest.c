@@ -463,8 +463,14 @@ static ssize_t read_chunks(struct req *q, uint8_t *buf, size_t len, uint64_t off
             if (r < 0)
                 return done ? (ssize_t)done : r;
             c = j->chunk;
-            if (!c)   /* read ahead meanwhile: it is in the cache */
+            if (!c) {
+                /* Read ahead meanwhile: it is in the cache, under the
+                 * appliance that ran the job (a new one if the first
+                 * died). */
+                k = key(q->a, q->fs, GC_DATA, q->path);
+                k.n = ci;
                 c = gc_get(&k, &ref);
+            }
             if (!c) {
                 job_put(j);
                 return done ? (ssize_t)done : -EIO;
@@ -517,7 +523,10 @@ ssize_t guest_read(struct timg *t, const char *fs, const char *path, void *buf, 
     struct gc_ent *ref = NULL;
     const struct gmap *m = file_map(&q, size, &ref);
     ssize_t n;
-    if (m) {
+    if (!q.a) {
+        /* Its appliance died and no new one could be had. */
+        n = -EIO;
+    } else if (m) {
         struct vview v = {t, q.a->fs[q.fs].vol};
         r = g_read_mapped(&v, m, size, buf, len, off);
         n = r < 0 ? r : (ssize_t)len;
