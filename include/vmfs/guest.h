@@ -16,7 +16,8 @@
  *
  * Threads: every function may be called from any FUSE worker thread; calls
  * into one appliance are serialized inside, and a slow appliance start
- * blocks only the requests that need that appliance. */
+ * blocks only the requests that need that appliance (and, through
+ * guest_set_wait_hooks, lets the caller's loop serve others meanwhile). */
 #ifndef VMFS_GUEST_H
 #define VMFS_GUEST_H
 
@@ -49,6 +50,20 @@ struct guest_opts {
 
 void guest_init(const struct guest_opts *o);
 void guest_shutdown(void);
+
+/* Called around each wait of a calling thread for an appliance (its
+ * start, the jobs queued before this one, the call itself): begin before
+ * the thread blocks, end once it goes on, from the same thread.  The FUSE
+ * request loop uses them to keep reading requests on other threads while
+ * some wait here, so that reads needing no appliance (flat files,
+ * volumes) are not held up behind a starting one.  hooks must stay valid
+ * until replaced; NULL removes them.  Neither hook may call into guest.h. */
+struct guest_wait_hooks {
+    void (*begin)(void *arg);
+    void (*end)(void *arg);
+    void *arg;
+};
+void guest_set_wait_hooks(const struct guest_wait_hooks *hooks);
 
 /* A directory entry with its attributes (readdirplus). */
 struct guest_dirent {

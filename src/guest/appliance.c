@@ -183,6 +183,13 @@ static void enqueue(struct app *a, struct job *j)
     pthread_cond_broadcast(&a->cond);
 }
 
+static const struct guest_wait_hooks *wait_hooks;
+
+void guest_set_wait_hooks(const struct guest_wait_hooks *hooks)
+{
+    __atomic_store_n(&wait_hooks, hooks, __ATOMIC_RELEASE);
+}
+
 int app_run(struct app *a, struct job *j)
 {
     pthread_mutex_lock(&a->lock);
@@ -192,6 +199,14 @@ int app_run(struct app *a, struct job *j)
         return r;
     }
     enqueue(a, j);
+    /* The caller's loop hears of the wait outside the lock; the job may
+     * be done by the time it is told. */
+    const struct guest_wait_hooks *h = __atomic_load_n(&wait_hooks, __ATOMIC_ACQUIRE);
+    if (h) {
+        pthread_mutex_unlock(&a->lock);
+        h->begin(h->arg);
+        pthread_mutex_lock(&a->lock);
+    }
     while (j->state != JOB_DONE && a->state != APP_DEAD) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -206,6 +221,8 @@ int app_run(struct app *a, struct job *j)
     else
         r = -EIO;   /* swallowed by an appliance killed for hanging or stopped */
     pthread_mutex_unlock(&a->lock);
+    if (h)
+        h->end(h->arg);
     return r;
 }
 

@@ -265,9 +265,9 @@ int app_get(struct timg *t, struct app **out);
 void app_put(struct app *a);
 /* Index of filesystem name in a, or -1. */
 long app_fs_index(const struct app *a, const char *name);
-/* Runs a job on a's worker and waits: 0 or a negative errno; -EAGAIN when
- * the appliance died before or under the job (try a new one), -EIO when it
- * was killed for hanging. */
+/* Runs a job on a's worker and waits (telling the wait hooks): 0 or a
+ * negative errno; -EAGAIN when the appliance died before or under the job
+ * (try a new one), -EIO when it was killed for hanging. */
 int app_run(struct app *a, struct job *j);
 /* Queues a job nobody waits for (read-ahead, facts). */
 void app_queue_background(struct app *a, struct job *j);

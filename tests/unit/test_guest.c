@@ -1,7 +1,8 @@
 /* Unit tests: the parts of the guest layer that need no appliance — the
  * filefrag parser and the direct read path, shell quoting, the caches and
- * their budgets, path checks, and what a view's filesystems are known to
- * be from the signature scan alone (no appliance is ever started here). */
+ * their budgets, path checks, what a view's filesystems are known to be
+ * from the signature scan alone, and the wait hooks (no appliance is ever
+ * started here). */
 #include "config.h"
 
 #include "guest/guest_int.h"
@@ -293,6 +294,57 @@ START_TEST(test_report_without_appliance)
 }
 END_TEST
 
+/* ---- waiting for an appliance ---- */
+
+static int begun, ended;
+static pthread_t waiter;
+
+static void hook_begin(void *arg)
+{
+    ck_assert_ptr_eq(arg, &begun);
+    ck_assert_int_eq(begun, ended);        /* not nested */
+    begun++;
+    waiter = pthread_self();
+}
+
+static void hook_end(void *arg)
+{
+    ck_assert_ptr_eq(arg, &begun);
+    ck_assert_int_eq(begun, ended + 1);
+    ck_assert(pthread_equal(waiter, pthread_self()));
+    ended++;
+}
+
+/* A request that needs an appliance tells the hooks around its wait (here
+ * for one that cannot start: its directory cannot be made); answers known
+ * without an appliance do not. */
+START_TEST(test_wait_hooks)
+{
+    guest_shutdown();
+    struct guest_opts go = {.runtime_dir = "/proc/vmfs-unit-no-such-dir"};
+    guest_init(&go);
+    static const struct guest_wait_hooks hooks = {hook_begin, hook_end, &begun};
+    guest_set_wait_hooks(&hooks);
+    begun = ended = 0;
+    struct stat st;
+    ck_assert_int_eq(guest_stat(t, "p2", "/", &st), 0);     /* swap: known */
+    ck_assert_int_eq(guest_stat(t, "p1", "/a/.", &st), -EINVAL);
+    ck_assert_int_eq(begun, 0);
+    ck_assert_int_eq(guest_stat(t, "p1", "/etc", &st), -EIO);
+    ck_assert_int_ge(begun, 1);
+    ck_assert_int_eq(ended, begun);
+    char buf[16];
+    int before = begun;
+    ck_assert_int_lt(guest_read(t, "p1", "/x", buf, sizeof buf, 0), 0);
+    ck_assert_int_eq(ended, begun);
+    ck_assert_int_le(begun, before + 1);   /* a failed request waits once */
+    guest_set_wait_hooks(NULL);
+    ck_assert_int_eq(guest_stat(t, "p1", "/etc", &st), -EIO);
+    ck_assert_int_le(begun, before + 1);
+    ck_assert_int_eq(ended, begun);
+}
+END_TEST
+
 /* ---- the caches ---- */
 
 static int freed;
@@ -355,6 +407,7 @@ int main(void)
     tcase_add_test(tv, test_unmountable_without_appliance);
     tcase_add_test(tv, test_bad_paths);
     tcase_add_test(tv, test_report_without_appliance);
+    tcase_add_test(tv, test_wait_hooks);
     suite_add_tcase(s, tv);
     return unit_run(s);
 }
