@@ -108,6 +108,10 @@ uint64_t vimage_count_data(struct vimage *img, uint64_t off, uint64_t len);
 /* Bytes of the disk that hold data: counted once by one thread (others
  * asking meanwhile wait for its answer), then remembered. */
 uint64_t vimage_allocated(struct vimage *img);
+/* The same, for a count that may be given up: once *stop is non-zero
+ * (another thread sets it) the walk ends, the figure stays unknown and
+ * false comes back.  On true *bytes is the figure. */
+bool vimage_allocated_unless(struct vimage *img, const int *stop, uint64_t *bytes);
 
 /* Adds the image's facts: format, sizes, chain, snapshots.  The problem
  * list comes last, from vimage_report_problems, once every layer above

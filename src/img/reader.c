@@ -212,12 +212,20 @@ int vimage_extent(struct vimage *img, uint64_t off, bool *data, uint64_t *len)
     return 0;
 }
 
-uint64_t vimage_count_data(struct vimage *img, uint64_t off, uint64_t len)
+/* The data bytes of [off, off + len); gives up when *stop is set (stop may
+ * be NULL), setting *stopped. */
+static uint64_t count_runs(struct vimage *img, uint64_t off, uint64_t len, const int *stop,
+                           bool *stopped)
 {
+    *stopped = false;
     if (img->top_failed || img->nlayers == 0 || !range_in(off, len, img->size))
         return 0;
     uint64_t bytes = 0, end = off + len;
     while (off < end) {
+        if (stop && __atomic_load_n(stop, __ATOMIC_RELAXED)) {
+            *stopped = true;
+            break;
+        }
         struct vrun run;
         size_t li;
         if (resolve_as(img, off, end - off, &run, &li, true) < 0)
@@ -229,24 +237,46 @@ uint64_t vimage_count_data(struct vimage *img, uint64_t off, uint64_t len)
     return bytes;
 }
 
-uint64_t vimage_allocated(struct vimage *img)
+uint64_t vimage_count_data(struct vimage *img, uint64_t off, uint64_t len)
+{
+    bool stopped;
+    return count_runs(img, off, len, NULL, &stopped);
+}
+
+static bool allocated(struct vimage *img, const int *stop, uint64_t *out)
 {
     pthread_mutex_lock(&img->lock);
     while (img->alloc_busy)
         pthread_cond_wait(&img->alloc_done, &img->lock);
     if (img->alloc_known) {
-        uint64_t bytes = img->alloc_bytes;
+        *out = img->alloc_bytes;
         pthread_mutex_unlock(&img->lock);
-        return bytes;
+        return true;
     }
     img->alloc_busy = true;
     pthread_mutex_unlock(&img->lock);
-    uint64_t bytes = vimage_count_data(img, 0, img->size);
+    bool stopped;
+    uint64_t bytes = count_runs(img, 0, img->size, stop, &stopped);
     pthread_mutex_lock(&img->lock);
-    img->alloc_bytes = bytes;
-    img->alloc_known = true;
+    if (!stopped) {
+        img->alloc_bytes = bytes;
+        img->alloc_known = true;
+    }
     img->alloc_busy = false;
     pthread_cond_broadcast(&img->alloc_done);
     pthread_mutex_unlock(&img->lock);
+    *out = bytes;
+    return !stopped;
+}
+
+uint64_t vimage_allocated(struct vimage *img)
+{
+    uint64_t bytes;
+    allocated(img, NULL, &bytes);
     return bytes;
+}
+
+bool vimage_allocated_unless(struct vimage *img, const int *stop, uint64_t *bytes)
+{
+    return allocated(img, stop, bytes);
 }

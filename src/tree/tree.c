@@ -456,8 +456,75 @@ long tree_snapshot_find(struct vimage *img, const char *name)
     return -1;
 }
 
+/* ---- counting ahead ----
+ *
+ * The first stat or open of an image after mounting must know how much of
+ * it holds data (st_blocks), which means walking its tables.  Right after
+ * the mount a thread opens the first few images of SOURCE and counts them,
+ * so that this has begun, or is done, when the first request comes.
+ * Requests that need a count being made wait for it (vimage_allocated). */
+#define PREFETCH_MAX 8
+
+static pthread_t prefetch_thread;
+static bool prefetch_running;
+static int prefetch_stop;
+
+/* Up to max images at the top of SOURCE, in directory order. */
+static size_t prefetch_list(char **paths, size_t max)
+{
+    if (opts.single_file) {
+        paths[0] = xstrdup(opts.source);
+        return 1;
+    }
+    size_t n = 0;
+    DIR *d = opendir(opts.source);
+    struct dirent *de;
+    while (d && n < max && (de = readdir(d))) {
+        if (de->d_name[0] == '.' && (!de->d_name[1] || !strcmp(de->d_name, "..")))
+            continue;
+        char *full = xasprintf("%s/%s", opts.source, de->d_name);
+        struct stat st;
+        if (stat(full, &st) == 0 && S_ISREG(st.st_mode) && tree_is_image(full, &st) &&
+            !tree_is_hidden(opts.source, de->d_name))
+            paths[n++] = full;
+        else
+            free(full);
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static void *prefetch_main(void *arg)
+{
+    char *paths[PREFETCH_MAX];
+    size_t n = prefetch_list(paths, PREFETCH_MAX);
+    for (size_t i = 0; i < n; i++) {
+        struct timg *t = __atomic_load_n(&prefetch_stop, __ATOMIC_RELAXED)
+                             ? NULL : tree_get(paths[i], -1);
+        if (t) {
+            uint64_t bytes;
+            vimage_allocated_unless(t->img, &prefetch_stop, &bytes);
+            tree_put(t);
+        }
+        free(paths[i]);
+    }
+    return NULL;
+}
+
+void tree_prefetch(void)
+{
+    if (!prefetch_running)
+        prefetch_running = pthread_create(&prefetch_thread, NULL, prefetch_main, NULL) == 0;
+}
+
 void tree_shutdown(void)
 {
+    if (prefetch_running) {
+        __atomic_store_n(&prefetch_stop, 1, __ATOMIC_RELAXED);
+        pthread_join(prefetch_thread, NULL);
+        prefetch_running = false;
+    }
     while (hidden) {
         struct hidden_dir *h = hidden;
         hidden = h->next;

@@ -309,6 +309,39 @@ START_TEST(allocated_once_for_many)
 }
 END_TEST
 
+static void *ask_unless(void *arg)
+{
+    static int stop;
+    struct vimage *img = arg;
+    uint64_t bytes = 0;
+    if (!img) {                              /* the stopper */
+        usleep(5000);
+        __atomic_store_n(&stop, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
+    return (void *)(uintptr_t)vimage_allocated_unless(img, &stop, &bytes);
+}
+
+/* A count given up halfway leaves the figure unknown, not half counted. */
+START_TEST(allocated_given_up)
+{
+    struct vimage *img = mock_image();
+    struct vlayer *l = mock_layer(img, "DBDBDBDBDBDBDBDB", 0x11);
+    l->drv = &counting;
+    img->size = l->size;
+    pthread_t walker, stopper;
+    ck_assert_int_eq(pthread_create(&walker, NULL, ask_unless, img), 0);
+    ck_assert_int_eq(pthread_create(&stopper, NULL, ask_unless, NULL), 0);
+    void *done;
+    pthread_join(walker, &done);
+    pthread_join(stopper, NULL);
+    ck_assert(!done);
+    ck_assert(!img->alloc_known);
+    ck_assert_uint_eq(vimage_allocated(img), 8 * BLK);
+    mock_free(img);
+}
+END_TEST
+
 /* A raw file with more extents than one extent-map question returns:
  * holes and data come out right everywhere, and a change to the file is
  * seen once the remembered answer is a second old. */
@@ -360,6 +393,7 @@ int main(void)
     tcase_add_test(tc, raw_with_host_holes);
     tcase_add_test(tc, count_data_by_range);
     tcase_add_test(tc, allocated_once_for_many);
+    tcase_add_test(tc, allocated_given_up);
     tcase_add_test(tc, raw_with_many_extents);
     suite_add_tcase(s, tc);
     return unit_run(s);
