@@ -809,6 +809,73 @@ START_TEST(test_compressed)
 }
 END_TEST
 
+/* Whole compressed clusters in a row are fetched with one read: a damaged
+ * one among them fails the read that covers it and no other; data far
+ * apart, out of order, or past the end of the file still read right. */
+START_TEST(test_compressed_batch)
+{
+    bool zstd = _i == 1;
+    struct qb *b = qb_new(3, 16, 2 << 20, false);
+    if (zstd) {
+        b->compression = QCOW2_COMPRESSION_ZSTD;
+        b->incompat |= QCOW2_INCOMPAT_COMPRESSION;
+    }
+    for (uint64_t i = 0; i < 3; i++)
+        qb_compressed(b, i << 16, (uint8_t)(0x40 + i));
+    uint8_t junk[900];
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (uint8_t)(0x5a ^ i * 13);
+    qb_put_compressed(b, 3 << 16, junk, sizeof(junk));
+    for (uint64_t i = 4; i < 7; i++)
+        qb_compressed(b, i << 16, (uint8_t)(0x40 + i));
+    /* 200 KiB of other bytes before cluster 7's data: too far to join */
+    static uint8_t gap[200 << 10];
+    unit_put_bytes(&b->f, b->f.len, gap, sizeof(gap));
+    qb_compressed(b, 7 << 16, 0x47);
+    /* clusters 8..9 stored in reverse order, then 10..20 in order up to
+     * the end of the file (the last one ends it mid-sector) */
+    qb_compressed(b, 9 << 16, 0x49);
+    qb_compressed(b, 8 << 16, 0x48);
+    for (uint64_t i = 10; i <= 20; i++)
+        qb_compressed(b, i << 16, (uint8_t)(0x40 + i));
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    unit_check_range(img, b->exp, 0, 3 << 16);
+    ck_assert_int_eq(unit_read_err(img, 0, 6 << 16), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 2 << 16, 2 << 16), -EIO);
+    unit_check_range(img, b->exp, 4 << 16, 3 << 16);
+    unit_check_range(img, b->exp, 4 << 16, 17 << 16);
+    unit_check_range(img, b->exp, 7 << 16, 14 << 16);
+    unit_check_range(img, b->exp, 19 << 16, 2 << 16);
+    unit_check_range(img, b->exp, (4 << 16) + 512, (16 << 16) - 1024);
+    unit_check_range(img, b->exp, 21 << 16, b->vsize - (21 << 16));
+    ck_assert(unit_has_problem(img, zstd ? "corrupt zstd data" : "corrupt deflate data"));
+    ck_assert_uint_eq(unit_nproblems(img), 1);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
+/* Many 512-byte clusters in a row: more than one batch per read. */
+START_TEST(test_compressed_small_clusters)
+{
+    struct qb *b = qb_new(3, 9, 64 << 10, false);
+    for (uint64_t g = 0; g < 100; g++)
+        qb_compressed(b, g << 9, (uint8_t)g);
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    unit_check_range(img, b->exp, 0, b->vsize);
+    unit_check_range(img, b->exp, 3 << 9, 70 << 9);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
 struct thr {
     struct vimage *img;
     struct qb *b;
@@ -1335,6 +1402,8 @@ static Suite *qcow2_suite(void)
     tcase_add_test(t, test_v2_zero_flag);
     tcase_add_test(t, test_subclusters);
     tcase_add_loop_test(t, test_compressed, 0, 2);
+    tcase_add_loop_test(t, test_compressed_batch, 0, 2);
+    tcase_add_test(t, test_compressed_small_clusters);
     tcase_add_loop_test(t, test_compressed_threads, 0, 2);
     tcase_add_test(t, test_unknown_feature);
     tcase_add_loop_test(t, test_encrypted, 0, 2);
