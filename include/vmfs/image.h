@@ -17,6 +17,7 @@
 #include "vmfs/fmt.h"
 
 #define VMFS_DEFAULT_MAX_CHAIN 16
+#define VIMAGE_ALLOC_PARTS 16        /* parts of an allocation count */
 
 struct rep;
 
@@ -36,9 +37,13 @@ struct vimage {
     char **problems;
     size_t nproblems;
     bool alloc_known;
-    bool alloc_busy;             /* a thread is counting: the others wait */
-    pthread_cond_t alloc_done;   /* signalled when the count is known */
     uint64_t alloc_bytes;        /* bytes of the disk that hold data */
+    /* The count being made, in parts (reader.c): each part is to do (0),
+     * being counted by a thread (1) or done (2). */
+    unsigned alloc_nparts, alloc_left;
+    uint8_t alloc_part[VIMAGE_ALLOC_PARTS];
+    uint64_t alloc_sum;          /* of the parts done */
+    pthread_cond_t alloc_done;   /* signalled when a part is done or given up */
     unsigned refs;
     bool quiet;                  /* record problems without logging them */
 };
@@ -105,8 +110,9 @@ int vimage_extent(struct vimage *img, uint64_t off, bool *data, uint64_t *len);
  * a range outside the disk).  Runs that fail to map count as data. */
 uint64_t vimage_count_data(struct vimage *img, uint64_t off, uint64_t len);
 
-/* Bytes of the disk that hold data: counted once by one thread (others
- * asking meanwhile wait for its answer), then remembered. */
+/* Bytes of the disk that hold data: counted once, then remembered.
+ * Threads asking while it is counted share the work (large disks are
+ * counted in parts) and all get the same answer. */
 uint64_t vimage_allocated(struct vimage *img);
 /* The same, for a count that may be given up: once *stop is non-zero
  * (another thread sets it) the walk ends, the figure stays unknown and

@@ -243,30 +243,69 @@ uint64_t vimage_count_data(struct vimage *img, uint64_t off, uint64_t len)
     return count_runs(img, off, len, NULL, &stopped);
 }
 
+/* The count is made in parts that every thread asking for it takes in
+ * turn: a request that comes while the count runs helps with the parts
+ * left instead of only waiting.  Parts are large enough that splitting
+ * costs nothing measurable (one more run looked up per part). */
+#define ALLOC_PART_MIN (1ull << 30)
+
+static void part_range(const struct vimage *img, unsigned i, uint64_t *off, uint64_t *len)
+{
+    uint64_t part = (img->size + img->alloc_nparts - 1) / img->alloc_nparts;
+    *off = VMFS_MIN(img->size, (uint64_t)i * part);
+    *len = VMFS_MIN(img->size - *off, part);
+}
+
+/* Called locked: the first part nobody counts or has counted, or -1. */
+static int take_part(struct vimage *img)
+{
+    if (img->alloc_nparts == 0) {
+        uint64_t n = img->size / ALLOC_PART_MIN;
+        img->alloc_nparts = (unsigned)VMFS_MAX(1, VMFS_MIN(n, (uint64_t)VIMAGE_ALLOC_PARTS));
+        img->alloc_left = img->alloc_nparts;
+    }
+    for (unsigned i = 0; i < img->alloc_nparts; i++) {
+        if (img->alloc_part[i] == 0) {
+            img->alloc_part[i] = 1;
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
 static bool allocated(struct vimage *img, const int *stop, uint64_t *out)
 {
     pthread_mutex_lock(&img->lock);
-    while (img->alloc_busy)
-        pthread_cond_wait(&img->alloc_done, &img->lock);
-    if (img->alloc_known) {
-        *out = img->alloc_bytes;
+    while (!img->alloc_known) {
+        int i = take_part(img);
+        if (i < 0) {                  /* all taken: wait for the others */
+            pthread_cond_wait(&img->alloc_done, &img->lock);
+            continue;
+        }
+        uint64_t off, len;
+        part_range(img, (unsigned)i, &off, &len);
         pthread_mutex_unlock(&img->lock);
-        return true;
+        bool stopped;
+        uint64_t bytes = count_runs(img, off, len, stop, &stopped);
+        pthread_mutex_lock(&img->lock);
+        if (stopped) {                /* someone else counts it */
+            img->alloc_part[i] = 0;
+            pthread_cond_broadcast(&img->alloc_done);
+            pthread_mutex_unlock(&img->lock);
+            *out = 0;
+            return false;
+        }
+        img->alloc_part[i] = 2;
+        img->alloc_sum += bytes;
+        if (--img->alloc_left == 0) {
+            img->alloc_bytes = img->alloc_sum;
+            img->alloc_known = true;
+            pthread_cond_broadcast(&img->alloc_done);
+        }
     }
-    img->alloc_busy = true;
+    *out = img->alloc_bytes;
     pthread_mutex_unlock(&img->lock);
-    bool stopped;
-    uint64_t bytes = count_runs(img, 0, img->size, stop, &stopped);
-    pthread_mutex_lock(&img->lock);
-    if (!stopped) {
-        img->alloc_bytes = bytes;
-        img->alloc_known = true;
-    }
-    img->alloc_busy = false;
-    pthread_cond_broadcast(&img->alloc_done);
-    pthread_mutex_unlock(&img->lock);
-    *out = bytes;
-    return !stopped;
+    return true;
 }
 
 uint64_t vimage_allocated(struct vimage *img)

@@ -342,6 +342,76 @@ START_TEST(allocated_given_up)
 }
 END_TEST
 
+/* A 16 GiB layer with 4 KiB of data at the start of every GiB; each map
+ * call is slow and notes which thread made it. */
+#define GIB (1ull << 30)
+static struct vsrc *big_src;
+static unsigned big_calls[2];
+static __thread int big_slot = -1;       /* which asking thread this is */
+
+static int big_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
+{
+    if (big_slot >= 0)
+        __atomic_add_fetch(&big_calls[big_slot], 1, __ATOMIC_RELAXED);
+    usleep(1000);
+    uint64_t in = off % GIB;
+    if (in < BLK) {
+        run->kind = VRUN_DATA;
+        run->src = big_src;
+        run->src_off = in;
+        run->len = VMFS_MIN(len, BLK - in);
+    } else {
+        run->kind = VRUN_BACKING;
+        run->len = VMFS_MIN(len, GIB - in);
+    }
+    return 0;
+}
+
+static const struct vfmt_driver big = {.name = "mock", .map = big_map};
+
+static struct vimage *big_img;
+
+static void *ask_big(void *arg)
+{
+    big_slot = (int)(intptr_t)arg;
+    return (void *)(uintptr_t)vimage_allocated(big_img);
+}
+
+/* Two threads asking for the count of a large disk both count parts of
+ * it, and agree on the figure. */
+START_TEST(allocated_shared)
+{
+    struct vimage *img = mock_image();
+    uint8_t blk[BLK] = {1};
+    big_src = vsrc_new_mem(blk, sizeof blk, true, "big");
+    struct vlayer *l = calloc(1, sizeof *l);
+    l->drv = &big;
+    l->size = 16 * GIB;
+    l->img = img;
+    img->layers = calloc(1, sizeof *img->layers);
+    img->layers[0] = l;
+    img->nlayers = 1;
+    img->size = l->size;
+    big_img = img;
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, ask_big, (void *)(intptr_t)i), 0);
+    for (int i = 0; i < 2; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        ck_assert_uint_eq((uintptr_t)r, 16 * BLK);
+    }
+    ck_assert_uint_gt(big_calls[0], 0);
+    ck_assert_uint_gt(big_calls[1], 0);
+    ck_assert_uint_eq(big_calls[0] + big_calls[1], 32);   /* each run once */
+    ck_assert_uint_eq(vimage_count_data(img, GIB - 10, 20), 10);
+    img->nlayers = 0;
+    free(l);
+    vsrc_close(big_src);
+    mock_free(img);
+}
+END_TEST
+
 /* A raw file with more extents than one extent-map question returns:
  * holes and data come out right everywhere, and a change to the file is
  * seen once the remembered answer is a second old. */
@@ -394,6 +464,7 @@ int main(void)
     tcase_add_test(tc, count_data_by_range);
     tcase_add_test(tc, allocated_once_for_many);
     tcase_add_test(tc, allocated_given_up);
+    tcase_add_test(tc, allocated_shared);
     tcase_add_test(tc, raw_with_many_extents);
     suite_add_tcase(s, tc);
     return unit_run(s);
