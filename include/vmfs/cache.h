@@ -33,6 +33,10 @@ void vcache_drop_owner(uint64_t owner);
  * fills are not cached). */
 int vcache_get(uint64_t owner, uint64_t key, size_t size, vcache_fill_fn fill,
                void *arg, const void **data, struct vcache_entry **ent);
+/* The entry for (owner, key) if it is cached, as vcache_get; -ENOENT when
+ * it is not (nothing is filled). */
+int vcache_peek(uint64_t owner, uint64_t key, size_t size, const void **data,
+                struct vcache_entry **ent);
 void vcache_release(struct vcache_entry *ent);
 
 struct vcache_stats {

@@ -650,27 +650,20 @@ static int copy_slice(void *arg, void *buf, size_t size)
     return 0;
 }
 
-/* Fills the slice at host offset key (holding guest cluster ci) with the
- * slices after it in its table, up to Q_BULK_BYTES, in one read: the empty
- * ones are marked, the others go into the cache. */
-struct bulk_fill {
-    struct qcow2 *q;
-    uint64_t ci, key;
-};
-
-static int fill_bulk(void *arg, void *out, size_t size)
+/* Reads the slices of an L2 table from the one at host offset key (which
+ * holds guest cluster ci) up to Q_BULK_BYTES, in one read: the empty ones
+ * are marked, the others go into the cache. */
+static int bulk_load(struct qcow2 *q, uint64_t ci, uint64_t key)
 {
-    struct bulk_fill *a = arg;
-    struct qcow2 *q = a->q;
-    uint64_t bit = slice_bit(q, a->ci);
+    size_t size = q->slice_size;
+    uint64_t bit = slice_bit(q, ci);
     uint64_t spt = 1ull << q->spt_bits, si = bit & (spt - 1);
     size_t k = (size_t)VMFS_MIN(spt - si, (uint64_t)(Q_BULK_BYTES / size));
     CLEANUP_FREE uint8_t *buf = xmalloc(k * size);
-    int r = vsrc_pread(q->l->file, buf, k * size, a->key);
+    int r = vsrc_pread(q->l->file, buf, k * size, key);
     if (r < 0)
         return r;
-    memcpy(out, buf, size);
-    for (size_t j = 1; j < k; j++) {
+    for (size_t j = 0; j < k; j++) {
         const uint8_t *sl = buf + j * size;
         if (all_zero(sl, size)) {
             mark_empty(q, bit + j);
@@ -679,27 +672,36 @@ static int fill_bulk(void *arg, void *out, size_t size)
         struct slice_copy c = {sl};
         const void *data;
         struct vcache_entry *ent;
-        if (vcache_get(q->l->cache_owner, a->key + j * size, size, copy_slice, &c, &data,
+        if (vcache_get(q->l->cache_owner, key + j * size, size, copy_slice, &c, &data,
                        &ent) == 0)
             vcache_release(ent);
     }
     return 0;
 }
 
-/* Points c at the slice (host offset key) that holds guest cluster ci. */
+/* Points c at the slice (host offset key) that holds guest cluster ci.  A
+ * walk (c->bulk) that misses reads the rest of the table with it; empty
+ * slices it finds are marked, never cached. */
 static int slice_get(struct qcow2 *q, struct l2cur *c, uint64_t ci, uint64_t key)
 {
     uint64_t bit = slice_bit(q, ci);
+    const void *data;
     c->key = key;
+    if (!known_empty(q, bit) && c->bulk &&
+        vcache_peek(q->l->cache_owner, key, q->slice_size, &data, &c->ent) < 0) {
+        int r = bulk_load(q, ci, key);
+        if (r < 0)
+            return r;
+    } else if (c->ent) {
+        c->data = data;
+        return 0;
+    }
     if (known_empty(q, bit)) {
         c->data = zero_slice;
         return 0;
     }
     struct slice_fill a = {q->l->file, key};
-    struct bulk_fill b = {q, ci, key};
-    const void *data;
-    int r = vcache_get(q->l->cache_owner, key, q->slice_size, c->bulk ? fill_bulk : fill_slice,
-                       c->bulk ? (void *)&b : (void *)&a, &data, &c->ent);
+    int r = vcache_get(q->l->cache_owner, key, q->slice_size, fill_slice, &a, &data, &c->ent);
     if (r < 0) {
         c->ent = NULL;
         return r;

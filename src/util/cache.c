@@ -5,6 +5,7 @@
  * so a slow fill (a table read, a decompression) does not stall others. */
 #include "config.h"
 
+#include <errno.h>
 #include <pthread.h>
 
 #include "vmfs/cache.h"
@@ -178,6 +179,25 @@ int vcache_get(uint64_t owner, uint64_t key, size_t size, vcache_fill_fn fill,
     pthread_mutex_unlock(&lock);
     *data = n->data;
     *ent = n;
+    return 0;
+}
+
+int vcache_peek(uint64_t owner, uint64_t key, size_t size, const void **data,
+                struct vcache_entry **ent)
+{
+    pthread_mutex_lock(&lock);
+    struct vcache_entry *e = find(owner, key);
+    if (!e || e->size != size) {
+        pthread_mutex_unlock(&lock);
+        return -ENOENT;
+    }
+    e->refs++;
+    lru_unlink(e);
+    lru_push(e);
+    nhits++;
+    pthread_mutex_unlock(&lock);
+    *data = e->data;
+    *ent = e;
     return 0;
 }
 
