@@ -772,16 +772,24 @@ START_TEST(test_subclusters)
 }
 END_TEST
 
+/* A v3 image of 64 KiB clusters whose compressed clusters use zstd or
+ * zlib. */
+static struct qb *qb_new_compressed(bool zstd, uint64_t vsize)
+{
+    struct qb *b = qb_new(3, 16, vsize, false);
+    if (zstd) {
+        b->compression = QCOW2_COMPRESSION_ZSTD;
+        b->incompat |= QCOW2_INCOMPAT_COMPRESSION;
+    }
+    return b;
+}
+
 /* Compressed clusters, zlib (_i == 0) or zstd (_i == 1): good ones, a
  * corrupt one, one whose last sector runs past the end of the file. */
 START_TEST(test_compressed)
 {
     bool zstd = _i == 1;
-    struct qb *b = qb_new(3, 16, 1 << 20, false);
-    if (zstd) {
-        b->compression = QCOW2_COMPRESSION_ZSTD;
-        b->incompat |= QCOW2_INCOMPAT_COMPRESSION;
-    }
+    struct qb *b = qb_new_compressed(zstd, 1 << 20);
     qb_compressed(b, 0, 0x91);
     qb_compressed(b, 0x10000, 0x92);
     qb_data(b, 0x20000, 0x93);
@@ -816,11 +824,7 @@ END_TEST
 START_TEST(test_compressed_batch)
 {
     bool zstd = _i == 1;
-    struct qb *b = qb_new(3, 16, 2 << 20, false);
-    if (zstd) {
-        b->compression = QCOW2_COMPRESSION_ZSTD;
-        b->incompat |= QCOW2_INCOMPAT_COMPRESSION;
-    }
+    struct qb *b = qb_new_compressed(zstd, 2 << 20);
     for (uint64_t i = 0; i < 3; i++)
         qb_compressed(b, i << 16, (uint8_t)(0x40 + i));
     uint8_t junk[900];
