@@ -316,92 +316,29 @@ static struct vimage *open_ok(const char *path)
     return img;
 }
 
-static bool has_problem(struct vimage *img, const char *what)
-{
-    char **p;
-    size_t n = vimage_problems(img, &p);
-    bool found = false;
-    for (size_t i = 0; i < n; i++) {
-        if (strstr(p[i], what))
-            found = true;
-        free(p[i]);
-    }
-    free(p);
-    return found;
-}
-
-static size_t nproblems(struct vimage *img)
-{
-    char **p;
-    size_t n = vimage_problems(img, &p);
-    for (size_t i = 0; i < n; i++) {
-        fprintf(stderr, "  problem: %s\n", p[i]);
-        free(p[i]);
-    }
-    free(p);
-    return n;
-}
-
-/* The whole disk and a few odd slices read as expected. */
+/* The whole disk in one read, in pieces of many sizes, and a few odd
+ * slices read as expected. */
 static void check_bytes(struct vimage *img, const uint8_t *exp, uint64_t size)
 {
-    ck_assert_uint_eq(img->size, size);
-    uint8_t *buf = malloc(size);
-    ck_assert_int_eq(vimage_read(img, buf, size, 0), 0);
-    for (uint64_t i = 0; i < size; i++)
-        if (buf[i] != exp[i])
-            ck_abort_msg("byte %llu: got 0x%02x, expected 0x%02x", (unsigned long long)i,
-                         buf[i], exp[i]);
+    unit_check_range(img, exp, 0, (size_t)size);
+    unit_check_disk(img, exp, size);
     static const uint64_t offs[][2] = {{1, 511}, {1048575, 2}, {1048000, 100000}, {7, 4096}};
     for (size_t k = 0; k < VMFS_ARRAY_SIZE(offs); k++) {
         if (offs[k][0] + offs[k][1] > size)
             continue;
-        ck_assert_int_eq(vimage_read(img, buf, offs[k][1], offs[k][0]), 0);
-        ck_assert(!memcmp(buf, exp + offs[k][0], offs[k][1]));
+        unit_check_range(img, exp, offs[k][0], (size_t)offs[k][1]);
     }
-    free(buf);
-}
-
-static char *report_json(struct vimage *img)
-{
-    struct rep *r = rep_new_object();
-    vimage_report(img, r);
-    char *s = rep_to_json(r);
-    rep_free(r);
-    return s;
-}
-
-static bool report_has(struct vimage *img, const char *what)
-{
-    char *s = report_json(img);
-    bool ok = strstr(s, what) != NULL;
-    if (!ok)
-        fprintf(stderr, "report lacks %s:\n%s", what, s);
-    free(s);
-    return ok;
 }
 
 static void expect_eio(struct vimage *img, uint64_t off, size_t len)
 {
-    uint8_t *buf = malloc(len);
-    ck_assert_int_eq(vimage_read(img, buf, len, off), -EIO);
-    free(buf);
-}
-
-static void expect_ok(struct vimage *img, const uint8_t *exp, uint64_t off, size_t len)
-{
-    uint8_t *buf = malloc(len);
-    ck_assert_int_eq(vimage_read(img, buf, len, off), 0);
-    ck_assert(!memcmp(buf, exp + off, len));
-    free(buf);
+    ck_assert_int_eq(unit_read_err(img, off, len), -EIO);
 }
 
 static struct vimage *open_failed(const char *path, const char *problem)
 {
     struct vimage *img = vimage_open(path, &opts, -1, false);
-    ck_assert_ptr_nonnull(img);
-    ck_assert(img->top_failed);
-    ck_assert_msg(has_problem(img, problem), "no problem mentions \"%s\"", problem);
+    unit_check_refused(img, problem);
     return img;
 }
 
@@ -566,7 +503,7 @@ static void test_dynamic_lss(uint32_t lss)
     build_dynamic(&b, lss);
     char *path = vb_write(&b, "vhdx");
     struct vimage *img = open_ok(path);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     check_bytes(img, b.exp, b.vsize);
 
     /* Runs: blocks 0-1 contiguous data as one run, 2-4 one hole. */
@@ -589,13 +526,13 @@ static void test_dynamic_lss(uint32_t lss)
     ck_assert_uint_eq(len, 2 * MB);
     ck_assert_uint_eq(vimage_allocated(img), 2 * MB + 4096);
 
-    ck_assert(report_has(img, "\"subformat\": \"dynamic\""));
-    ck_assert(report_has(img, "\"block_size\": 1048576"));
-    ck_assert(report_has(img, lss == 512 ? "\"logical_sector_size\": 512"
-                                         : "\"logical_sector_size\": 4096"));
-    ck_assert(report_has(img, "\"log\": \"clean\""));
-    ck_assert(report_has(img, "\"header_used\": 2"));
-    ck_assert(report_has(img, "\"creator\": \"vmfs unit test\""));
+    unit_check_report(img, false, "\"subformat\": \"dynamic\"");
+    unit_check_report(img, false, "\"block_size\": 1048576");
+    unit_check_report(img, false, lss == 512 ? "\"logical_sector_size\": 512"
+                                         : "\"logical_sector_size\": 4096");
+    unit_check_report(img, false, "\"log\": \"clean\"");
+    unit_check_report(img, false, "\"header_used\": 2");
+    unit_check_report(img, false, "\"creator\": \"vmfs unit test\"");
     vimage_unref(img);
     unlink_free(path);
     vb_free(&b);
@@ -631,10 +568,10 @@ START_TEST(test_big_blocks)
     struct vimage *img = open_ok(path);
     uint8_t buf[4096];
     ck_assert_int_eq(vimage_read(img, buf, sizeof buf, 16 * 256 * MB), -EIO);  /* block past EOF */
-    ck_assert(has_problem(img, "past the end of the file"));
+    ck_assert(unit_has_problem(img, "past the end of the file"));
     ck_assert_int_eq(vimage_read(img, buf, sizeof buf, 15 * 256 * MB), 0);
-    ck_assert(report_has(img, "\"chunk_ratio\": 16"));
-    ck_assert(report_has(img, "\"subformat\": \"fixed\""));
+    unit_check_report(img, false, "\"chunk_ratio\": 16");
+    unit_check_report(img, false, "\"subformat\": \"fixed\"");
     vimage_unref(img);
     unlink_free(path);
     vb_free(&b);
@@ -652,7 +589,7 @@ START_TEST(test_host_holes)
     ck_assert_int_eq(truncate(path, (off_t)(b.size + MB)), 0);
     struct vimage *img = open_ok(path);
     check_bytes(img, b.exp, b.vsize);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     bool data;
     uint64_t len;
     ck_assert_int_eq(vimage_extent(img, 2 * MB, &data, &len), 0);
@@ -675,8 +612,8 @@ START_TEST(test_header_damage)
     char *path = unit_tmpfile(b.buf, b.size, "vhdx");
     struct vimage *img = open_ok(path);
     check_bytes(img, b.exp, b.vsize);
-    ck_assert(has_problem(img, "header 2 is damaged (checksum mismatch); header 1"));
-    ck_assert(report_has(img, "\"header_used\": 1"));
+    ck_assert(unit_has_problem(img, "header 2 is damaged (checksum mismatch); header 1"));
+    unit_check_report(img, false, "\"header_used\": 1");
     vimage_unref(img);
 
     b.buf[0x10000] = 'X';               /* and header 1's signature */
@@ -705,7 +642,7 @@ START_TEST(test_region_damage)
     char *path = unit_tmpfile(b.buf, b.size, "vhdx");
     struct vimage *img = open_ok(path);
     check_bytes(img, b.exp, b.vsize);
-    ck_assert(has_problem(img, "region table 1 is damaged (checksum mismatch)"));
+    ck_assert(unit_has_problem(img, "region table 1 is damaged (checksum mismatch)"));
     vimage_unref(img);
     b.buf[0x40000 + 40] ^= 1;
     rewrite(path, b.buf, b.size);
@@ -763,8 +700,8 @@ START_TEST(test_absurd)
     vb_data(&b, 0, 0x55);
     char *path = vb_write(&b, "vhdx");
     struct vimage *img = open_ok(path);
-    ck_assert(has_problem(img, "the BAT region holds 131072 entries"));
-    expect_ok(img, b.exp, 0, MB);
+    ck_assert(unit_has_problem(img, "the BAT region holds 131072 entries"));
+    unit_check_range(img, b.exp, 0, MB);
     expect_eio(img, 199 * 1024 * MB, 512);
     vimage_unref(img);
     unlink_free(path);
@@ -806,18 +743,18 @@ START_TEST(test_bad_blocks)
     vb_block(&b, 4, 6, 0);              /* present at offset 0 */
     char *path = vb_write(&b, "vhdx");
     struct vimage *img = open_ok(path);
-    expect_ok(img, b.exp, 0, MB);
-    expect_ok(img, b.exp, 5 * MB, 4096);
+    unit_check_range(img, b.exp, 0, MB);
+    unit_check_range(img, b.exp, 5 * MB, 4096);
     expect_eio(img, MB + 12345, 100);
     expect_eio(img, 2 * MB, 512);
     expect_eio(img, 3 * MB + 4096, 512);
     expect_eio(img, 4 * MB, 512);
     expect_eio(img, 0, (size_t)b.vsize);
-    ck_assert(has_problem(img, "block 1 (virtual offset 1048576) lies at file offset 209715200, "
+    ck_assert(unit_has_problem(img, "block 1 (virtual offset 1048576) lies at file offset 209715200, "
                                "past the end of the file"));
-    ck_assert(has_problem(img, "block 2 (virtual offset 2097152) is partially present"));
-    ck_assert(has_problem(img, "reserved state 4"));
-    ck_assert(has_problem(img, "inside the header area"));
+    ck_assert(unit_has_problem(img, "block 2 (virtual offset 2097152) is partially present"));
+    ck_assert(unit_has_problem(img, "reserved state 4"));
+    ck_assert(unit_has_problem(img, "inside the header area"));
     vimage_unref(img);
 
     /* A truncated file: block 5 is cut, the rest reads. */
@@ -826,16 +763,16 @@ START_TEST(test_bad_blocks)
     vb_finish(&b);
     rewrite(path, b.buf, (size_t)(b.size - MB + 100));
     img = open_ok(path);
-    expect_ok(img, b.exp, 0, 5 * MB);
+    unit_check_range(img, b.exp, 0, 5 * MB);
     expect_eio(img, 5 * MB, 512);
-    ck_assert(has_problem(img, "past the end of the file"));
+    ck_assert(unit_has_problem(img, "past the end of the file"));
     vimage_unref(img);
     /* Cut inside the BAT: blocks whose entries are gone fail, the rest of
      * what the file still holds reads. */
     rewrite(path, b.buf, (size_t)(BAT_OFF + 32));
     img = open_ok(path);
-    ck_assert(has_problem(img, "runs past the end of the file"));
-    expect_ok(img, b.exp, 2 * MB, 2 * MB);   /* entries 2 and 3 are in the file */
+    ck_assert(unit_has_problem(img, "runs past the end of the file"));
+    unit_check_range(img, b.exp, 2 * MB, 2 * MB);   /* entries 2 and 3 are in the file */
     expect_eio(img, 0, 512);                 /* data past the end */
     expect_eio(img, 4 * MB, 512);            /* entry past the end */
     vimage_unref(img);
@@ -918,7 +855,7 @@ static void test_diff_lss(uint32_t lss)
     struct vimage *img = open_ok(cpath);
     ck_assert_uint_eq(img->nlayers, 2);
     check_bytes(img, c.exp, c.vsize);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
 
     struct vlayer *l = img->layers[0];
     struct vrun run;
@@ -932,10 +869,10 @@ static void test_diff_lss(uint32_t lss)
     ck_assert_int_eq(run.kind, VRUN_BACKING);
     ck_assert_uint_eq(run.len, MB);
 
-    ck_assert(report_has(img, "\"subformat\": \"differencing\""));
-    ck_assert(report_has(img, "\"parent_linkage_check\": \"matches the parent\""));
-    ck_assert(report_has(img, "\"absolute_win32_path\": \"C:\\\\VMs\\\\nowhere.vhdx\""));
-    ck_assert(report_has(img, "\"header_used\": 1"));
+    unit_check_report(img, false, "\"subformat\": \"differencing\"");
+    unit_check_report(img, false, "\"parent_linkage_check\": \"matches the parent\"");
+    unit_check_report(img, false, "\"absolute_win32_path\": \"C:\\\\VMs\\\\nowhere.vhdx\"");
+    unit_check_report(img, false, "\"header_used\": 1");
     vimage_unref(img);
     unlink_free(cpath);
     unlink_free(ppath);
@@ -1015,7 +952,7 @@ START_TEST(test_diff_bitmap_entry_next_slice)
         ck_assert_int_eq(vimage_read(img, buf, n, at + o), 0);
         ck_assert(!memcmp(buf, exp + o, n));
     }
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     free(exp);
     free(buf);
     vimage_unref(img);
@@ -1038,9 +975,9 @@ START_TEST(test_diff_windows_path)
     struct vimage *img = open_ok(cpath);
     ck_assert_uint_eq(img->nlayers, 2);
     check_bytes(img, c.exp, c.vsize);
-    ck_assert(has_problem(img, "parent_linkage {00000000-0000-1111-2222-333344445555} does not "
+    ck_assert(unit_has_problem(img, "parent_linkage {00000000-0000-1111-2222-333344445555} does not "
                                "match the DataWriteGuid {CAFEBABE-0000-1111-2222-333344445555}"));
-    ck_assert(report_has(img, "\"parent_linkage_check\": \"differs from the parent\""));
+    unit_check_report(img, false, "\"parent_linkage_check\": \"differs from the parent\"");
     vimage_unref(img);
     unlink_free(cpath);
     unlink_free(ppath);
@@ -1058,10 +995,10 @@ START_TEST(test_diff_missing_parent)
     char *cpath = vb_write(&c, "avhdx");
     struct vimage *img = open_ok(cpath);
     ck_assert_uint_eq(img->nlayers, 1);
-    ck_assert(has_problem(img, "missing-parent.vhdx"));
-    expect_ok(img, c.exp, 0, 8 * 512);
-    expect_ok(img, c.exp, MB, MB);
-    expect_ok(img, c.exp, 3 * MB, MB);
+    ck_assert(unit_has_problem(img, "missing-parent.vhdx"));
+    unit_check_range(img, c.exp, 0, 8 * 512);
+    unit_check_range(img, c.exp, MB, MB);
+    unit_check_range(img, c.exp, 3 * MB, MB);
     expect_eio(img, 8 * 512, 512);
     expect_eio(img, 2 * MB, 4096);
     vimage_unref(img);
@@ -1074,8 +1011,8 @@ START_TEST(test_diff_missing_parent)
     vb_finish(&c);
     rewrite(cpath, c.buf, c.size);
     img = open_ok(cpath);
-    ck_assert(has_problem(img, "names no parent path"));
-    expect_ok(img, c.exp, MB, MB);
+    ck_assert(unit_has_problem(img, "names no parent path"));
+    unit_check_range(img, c.exp, MB, MB);
     expect_eio(img, 2 * MB, 4096);
     vimage_unref(img);
     unlink_free(cpath);
@@ -1100,8 +1037,8 @@ START_TEST(test_diff_loop)
     vb_finish(&a);
     rewrite(apath, a.buf, a.size);
     struct vimage *img = open_ok(apath);
-    ck_assert(has_problem(img, "loop"));
-    expect_ok(img, a.exp, MB, MB);
+    ck_assert(unit_has_problem(img, "loop"));
+    unit_check_range(img, a.exp, MB, MB);
     expect_eio(img, 2 * MB, 4096);
     vimage_unref(img);
     unlink_free(apath);
@@ -1125,15 +1062,15 @@ START_TEST(test_diff_bad_bitmap)
     char *cpath = vb_write(&c, "avhdx");
     struct vimage *img = open_ok(cpath);
     expect_eio(img, 0, 512);
-    expect_ok(img, c.exp, MB, 3 * MB);
-    ck_assert(has_problem(img, "sector bitmap of its chunk is not"));
+    unit_check_range(img, c.exp, MB, 3 * MB);
+    ck_assert(unit_has_problem(img, "sector bitmap of its chunk is not"));
     vimage_unref(img);
     vb_bat(&c, c.cr, 6, 300 * MB);      /* bitmap past the end */
     vb_finish(&c);
     rewrite(cpath, c.buf, c.size);
     img = open_ok(cpath);
     expect_eio(img, 0, 512);
-    ck_assert(has_problem(img, "outside the file"));
+    ck_assert(unit_has_problem(img, "outside the file"));
     vimage_unref(img);
     unlink_free(cpath);
     unlink_free(ppath);
@@ -1244,9 +1181,9 @@ START_TEST(test_log_pending)
     build_dirty(&b, false);
     char *path = unit_tmpfile(b.buf, b.size, "vhdx");
     struct vimage *img = open_ok(path);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     check_bytes(img, b.exp, b.vsize);
-    ck_assert(report_has(img, "\"log\": \"replayed 2 entries (sequence 20 to 21)\""));
+    unit_check_report(img, false, "\"log\": \"replayed 2 entries (sequence 20 to 21)\"");
     /* Block 2 lives past the end of the file: its runs are not spliced
      * from the file; block 5's untouched data is. */
     struct vlayer *l = img->layers[0];
@@ -1264,15 +1201,15 @@ START_TEST(test_log_pending)
     rewrite(path, b.buf, b.size);
     img = open_ok(path);
     check_bytes(img, b.exp, b.vsize);
-    ck_assert(has_problem(img, "checksum mismatch: the log is replayed up to sequence 20 only"));
-    ck_assert(report_has(img, "\"log\": \"replayed 1 entry (sequence 20 to 20)\""));
+    ck_assert(unit_has_problem(img, "checksum mismatch: the log is replayed up to sequence 20 only"));
+    unit_check_report(img, false, "\"log\": \"replayed 1 entry (sequence 20 to 20)\"");
     vimage_unref(img);
 
     /* Both damaged: nothing replayed, the on-disk state is served. */
     b.buf[LOG_OFF + 200] ^= 1;
     rewrite(path, b.buf, b.size);
     img = open_ok(path);
-    ck_assert(has_problem(img, "nothing is replayed"));
+    ck_assert(unit_has_problem(img, "nothing is replayed"));
     ck_assert_uint_eq(img->size, 5 * MB + 4096);
     vimage_unref(img);
     unlink_free(path);
