@@ -29,8 +29,7 @@ static uint8_t pat(uint8_t tag, uint64_t off)
 enum gk { G_NONE, G_DATA, G_ZERO, G_COMP, G_COMP_BAD };
 
 struct sb {
-    uint8_t *d;
-    size_t len, cap;
+    struct unit_buf f;            /* the file */
     uint64_t capacity, grain;     /* sectors */
     uint32_t gtes, flags, version;
     uint16_t compress;
@@ -41,51 +40,27 @@ struct sb {
     uint64_t ngd;
 };
 
-static void sb_grow(struct sb *b, size_t len)
-{
-    if (len > b->cap) {
-        size_t cap = b->cap ? b->cap : 8192;
-        while (cap < len)
-            cap *= 2;
-        b->d = realloc(b->d, cap);
-        ck_assert_ptr_nonnull(b->d);
-        memset(b->d + b->cap, 0, cap - b->cap);
-        b->cap = cap;
-    }
-    if (len > b->len)
-        b->len = len;
-}
-
-static void le(struct sb *b, uint64_t off, uint64_t v, unsigned n)
-{
-    sb_grow(b, (size_t)(off + n));
-    for (unsigned i = 0; i < n; i++)
-        b->d[off + i] = (uint8_t)(v >> (8 * i));
-}
-
 /* n zeroed sectors at the end of the file; returns the first. */
 static uint64_t sb_sectors(struct sb *b, uint64_t n)
 {
-    uint64_t s = (b->len + SEC - 1) / SEC;
-    sb_grow(b, (size_t)((s + n) * SEC));
-    return s;
+    return unit_append(&b->f, n * SEC, SEC) / SEC;
 }
 
 static void sb_header(struct sb *b, uint64_t at, uint64_t gd_sector)
 {
-    memcpy(b->d + at, "KDMV", 4);
-    le(b, at + 4, b->version, 4);
-    le(b, at + 8, b->flags, 4);
-    le(b, at + 12, b->capacity, 8);
-    le(b, at + 20, b->grain, 8);
-    le(b, at + 28, b->desc ? 1 : 0, 8);
-    le(b, at + 36, b->desc ? 20 : 0, 8);
-    le(b, at + 44, b->gtes, 4);
-    le(b, at + 48, b->rgd_sector, 8);
-    le(b, at + 56, gd_sector, 8);
-    le(b, at + 64, 128, 8);
-    memcpy(b->d + at + 73, "\n \r\n", 4);
-    le(b, at + 77, b->compress, 2);
+    memcpy(b->f.d + at, "KDMV", 4);
+    unit_put_le(&b->f, at + 4, b->version, 4);
+    unit_put_le(&b->f, at + 8, b->flags, 4);
+    unit_put_le(&b->f, at + 12, b->capacity, 8);
+    unit_put_le(&b->f, at + 20, b->grain, 8);
+    unit_put_le(&b->f, at + 28, b->desc ? 1 : 0, 8);
+    unit_put_le(&b->f, at + 36, b->desc ? 20 : 0, 8);
+    unit_put_le(&b->f, at + 44, b->gtes, 4);
+    unit_put_le(&b->f, at + 48, b->rgd_sector, 8);
+    unit_put_le(&b->f, at + 56, gd_sector, 8);
+    unit_put_le(&b->f, at + 64, 128, 8);
+    memcpy(b->f.d + at + 73, "\n \r\n", 4);
+    unit_put_le(&b->f, at + 77, b->compress, 2);
 }
 
 /* A compressed grain (marker + zlib stream) at the end; returns its sector. */
@@ -105,11 +80,11 @@ static uint64_t sb_comp_grain(struct sb *b, uint64_t gi, bool corrupt)
     uint64_t s = sb_sectors(b, (total + SEC - 1) / SEC);
     uint64_t at = s * SEC;
     if (markers) {
-        le(b, at, gi * b->grain, 8);
-        le(b, at + 8, clen, 4);
+        unit_put_le(&b->f, at, gi * b->grain, 8);
+        unit_put_le(&b->f, at + 8, clen, 4);
         at += 12;
     }
-    memcpy(b->d + at, c, clen);
+    memcpy(b->f.d + at, c, clen);
     free(raw);
     free(c);
     return s;
@@ -119,7 +94,7 @@ static uint64_t sb_data_grain(struct sb *b, uint64_t gi)
 {
     uint64_t s = sb_sectors(b, b->grain);
     for (uint64_t i = 0; i < b->grain * SEC; i++)
-        b->d[s * SEC + i] = pat(b->tag, gi * b->grain * SEC + i);
+        b->f.d[s * SEC + i] = pat(b->tag, gi * b->grain * SEC + i);
     return s;
 }
 
@@ -133,7 +108,7 @@ static void sb_build(struct sb *b, const enum gk *kinds, size_t nk)
     sb_sectors(b, 1);
     if (b->desc) {
         uint64_t s = sb_sectors(b, 20);
-        memcpy(b->d + s * SEC, b->desc, strlen(b->desc));
+        memcpy(b->f.d + s * SEC, b->desc, strlen(b->desc));
     } else {
         sb_sectors(b, 1);   /* no grain at sector 1: it means "zeroed" */
     }
@@ -154,10 +129,10 @@ static void sb_build(struct sb *b, const enum gk *kinds, size_t nk)
         for (uint64_t t = 0; t < b->ngd; t++) {
             bool any = false;
             for (uint32_t e = 0; e < b->gtes; e++) {
-                le(b, (gts + t * gt_sectors) * SEC + e * 4, gtes[t * b->gtes + e], 4);
+                unit_put_le(&b->f, (gts + t * gt_sectors) * SEC + e * 4, gtes[t * b->gtes + e], 4);
                 any |= gtes[t * b->gtes + e] != 0;
             }
-            le(b, gd * SEC + t * 4, any ? gts + t * gt_sectors : 0, 4);
+            unit_put_le(&b->f, gd * SEC + t * 4, any ? gts + t * gt_sectors : 0, 4);
         }
         if (copy == 0)
             b->gd_sector = gd;
@@ -167,8 +142,8 @@ static void sb_build(struct sb *b, const enum gk *kinds, size_t nk)
     free(gtes);
     if (b->gd_at_end) {
         uint64_t fm = sb_sectors(b, 3);
-        le(b, fm * SEC, 1, 8);
-        le(b, fm * SEC + 12, VMDK_MARKER_FOOTER, 4);
+        unit_put_le(&b->f, fm * SEC, 1, 8);
+        unit_put_le(&b->f, fm * SEC + 12, VMDK_MARKER_FOOTER, 4);
         sb_header(b, (fm + 1) * SEC, b->gd_sector);
         sb_header(b, 0, VMDK4_GD_AT_END);
     } else {
@@ -213,72 +188,23 @@ static struct vimage *open_img(const char *path)
     return vimage_open(path, &o, -1, false);
 }
 
-static bool has_problem(struct vimage *img, const char *needle)
-{
-    char **p;
-    size_t n = vimage_problems(img, &p);
-    bool found = false;
-    for (size_t i = 0; i < n; i++) {
-        if (strstr(p[i], needle))
-            found = true;
-        free(p[i]);
-    }
-    free(p);
-    return found;
-}
-
-static size_t nproblems(struct vimage *img)
-{
-    char **p;
-    size_t n = vimage_problems(img, &p);
-    for (size_t i = 0; i < n; i++)
-        free(p[i]);
-    free(p);
-    return n;
-}
-
-static void dump_problems(struct vimage *img)
-{
-    char **p;
-    size_t n = vimage_problems(img, &p);
-    for (size_t i = 0; i < n; i++) {
-        fprintf(stderr, "  problem: %s\n", p[i]);
-        free(p[i]);
-    }
-    free(p);
-}
-
-/* The whole disk reads as exp, in reads of odd sizes. */
+/* The whole disk reads as exp: in one read, in pieces of many sizes,
+ * and in overlapping reads of 7777 bytes every 3001. */
 static void check_disk(struct vimage *img, const uint8_t *exp, size_t size)
 {
     ck_assert(!img->top_failed);
     ck_assert_uint_eq(img->size, size);
-    uint8_t *got = malloc(size);
-    ck_assert_int_eq(vimage_read(img, got, size, 0), 0);
-    for (size_t i = 0; i < size; i++)
-        if (got[i] != exp[i])
-            ck_abort_msg("byte %zu: got 0x%02x, expected 0x%02x", i, got[i], exp[i]);
-    for (size_t off = 0; off < size; off += 3001) {
-        size_t n = VMFS_MIN((size_t)7777, size - off);
-        ck_assert_int_eq(vimage_read(img, got, n, off), 0);
-        ck_assert(!memcmp(got, exp + off, n));
-    }
-    free(got);
-}
-
-static int read_at(struct vimage *img, uint64_t off, size_t n)
-{
-    uint8_t *buf = malloc(n);
-    int r = vimage_read(img, buf, n, off);
-    free(buf);
-    return r;
+    unit_check_range(img, exp, 0, size);
+    unit_check_disk(img, exp, size);
+    for (size_t off = 0; off < size; off += 3001)
+        unit_check_range(img, exp, off, VMFS_MIN((size_t)7777, size - off));
 }
 
 static char *write_sb(struct sb *b)
 {
-    char *path = unit_tmpfile(b->d, b->len, "vmdk");
-    free(b->d);
-    b->d = NULL;
+    char *path = unit_tmpfile(b->f.d, b->f.len, "vmdk");
+    free(b->f.d);
+    b->f.d = NULL;
     return path;
 }
 
@@ -448,8 +374,7 @@ START_TEST(sparse_reads_all_grain_kinds)
     char *path = write_sb(&b);
     struct vimage *img = open_img(path);
     ck_assert_ptr_nonnull(img);
-    dump_problems(img);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     check_disk(img, exp, 203 * SEC);
     ck_assert_uint_eq(vimage_allocated(img), 6 * 4096);
 
@@ -516,8 +441,7 @@ static void stream_case(bool markers, bool at_end)
     uint8_t *exp = expect(&b, k, VMFS_ARRAY_SIZE(k), NULL);
     char *path = write_sb(&b);
     struct vimage *img = open_img(path);
-    dump_problems(img);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     check_disk(img, exp, 130 * SEC);
     struct rep *r = rep_new_object();
     vimage_report(img, r);
@@ -587,7 +511,7 @@ START_TEST(parallel_readers)
         pthread_join(th[i], NULL);
         ck_assert_int_eq(p[i].bad, 0);
     }
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     vimage_unref(img);
     free(exp);
     unlink_free(path);
@@ -608,12 +532,12 @@ START_TEST(corrupt_compressed_grain_fails_alone)
     uint8_t buf[8192];
     ck_assert_int_eq(vimage_read(img, buf, 8192, 0), 0);
     ck_assert_uint_eq(buf[5], pat(1, 5));
-    ck_assert_int_eq(read_at(img, 8192, 512), -EIO);
-    ck_assert_int_eq(read_at(img, 8192 + 4000, 100), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 8192, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 8192 + 4000, 100), -EIO);
     ck_assert_int_eq(vimage_read(img, buf, 8192, 16384), 0);
     ck_assert_uint_eq(buf[7], pat(1, 16384 + 7));
-    ck_assert(has_problem(img, "corrupt compressed data"));
-    ck_assert(has_problem(img, "disk offset 0x2000"));
+    ck_assert(unit_has_problem(img, "corrupt compressed data"));
+    ck_assert(unit_has_problem(img, "disk offset 0x2000"));
     vimage_unref(img);
     unlink_free(path);
 }
@@ -629,14 +553,14 @@ START_TEST(bad_compressed_sizes)
         b.flags |= VMDK4_FLAG_COMPRESSED | VMDK4_FLAG_MARKERS;
         enum gk k[] = {G_COMP, G_COMP};
         sb_build(&b, k, 2);
-        uint64_t gt = get_le32(b.d + b.gd_sector * SEC) * (uint64_t)SEC;
-        uint64_t g1 = get_le32(b.d + gt + 4) * (uint64_t)SEC;
-        le(&b, g1 + 8, i == 0 ? 0 : 3 * 8192, 4);
+        uint64_t gt = get_le32(b.f.d + b.gd_sector * SEC) * (uint64_t)SEC;
+        uint64_t g1 = get_le32(b.f.d + gt + 4) * (uint64_t)SEC;
+        unit_put_le(&b.f, g1 + 8, i == 0 ? 0 : 3 * 8192, 4);
         char *path = write_sb(&b);
         struct vimage *img = open_img(path);
-        ck_assert_int_eq(read_at(img, 0, 8192), 0);
-        ck_assert_int_eq(read_at(img, 8192, 8192), -EIO);
-        ck_assert(has_problem(img, "absurd compressed size"));
+        ck_assert_int_eq(unit_read_err(img, 0, 8192), 0);
+        ck_assert_int_eq(unit_read_err(img, 8192, 8192), -EIO);
+        ck_assert(unit_has_problem(img, "absurd compressed size"));
         vimage_unref(img);
         unlink_free(path);
     }
@@ -652,13 +576,13 @@ START_TEST(footer_damaged_is_refused)
     b.gd_at_end = true;
     enum gk k[] = {G_COMP};
     sb_build(&b, k, 1);
-    b.d[b.len - 2 * SEC] = 'X';   /* the footer's magic */
+    b.f.d[b.f.len - 2 * SEC] = 'X';   /* the footer's magic */
     char *path = write_sb(&b);
     struct vimage *img = open_img(path);
     ck_assert_ptr_nonnull(img);
     ck_assert(img->top_failed);
-    ck_assert(has_problem(img, "footer"));
-    ck_assert_int_eq(read_at(img, 0, 512), -EIO);
+    ck_assert(unit_has_problem(img, "footer"));
+    ck_assert_int_eq(unit_read_err(img, 0, 512), -EIO);
     vimage_unref(img);
     unlink_free(path);
 }
@@ -670,13 +594,13 @@ START_TEST(bad_magic_is_not_vmdk)
     sb_init(&b, 64, 8, 4);
     enum gk k[] = {G_DATA};
     sb_build(&b, k, 1);
-    memcpy(b.d, "KDMX", 4);
+    memcpy(b.f.d, "KDMX", 4);
     char *path = write_sb(&b);
     ck_assert_ptr_null(vimage_probe_file(path, false));
     struct vimage *img = open_img(path);
     ck_assert_ptr_nonnull(img);   /* a .vmdk: listed, damaged */
     ck_assert(img->top_failed);
-    ck_assert(has_problem(img, "not a disk image"));
+    ck_assert(unit_has_problem(img, "not a disk image"));
     vimage_unref(img);
     unlink_free(path);
 }
@@ -689,12 +613,12 @@ static void absurd_case(unsigned off, unsigned width, uint64_t val, const char *
     sb_init(&b, 64, 8, 4);
     enum gk k[] = {G_DATA};
     sb_build(&b, k, 1);
-    le(&b, off, val, width);
+    unit_put_le(&b.f, off, val, width);
     char *path = write_sb(&b);
     struct vimage *img = open_img(path);
     ck_assert_ptr_nonnull(img);
     ck_assert_msg(img->top_failed, "accepted %s", why);
-    ck_assert_msg(has_problem(img, why), "no problem naming %s", why);
+    ck_assert_msg(unit_has_problem(img, why), "no problem naming %s", why);
     vimage_unref(img);
     unlink_free(path);
 }
@@ -717,12 +641,12 @@ START_TEST(grain_directory_past_eof)
     sb_init(&b, 64, 8, 4);
     enum gk k[] = {G_DATA, G_DATA, G_DATA, G_DATA, G_DATA};
     sb_build(&b, k, 5);
-    le(&b, 56, 1u << 30, 8);     /* GD far past the end, no redundant copy */
+    unit_put_le(&b.f, 56, 1u << 30, 8);     /* GD far past the end, no redundant copy */
     char *path = write_sb(&b);
     struct vimage *img = open_img(path);
     ck_assert(!img->top_failed);
-    ck_assert(has_problem(img, "grain directory"));
-    ck_assert_int_eq(read_at(img, 0, 512), -EIO);
+    ck_assert(unit_has_problem(img, "grain directory"));
+    ck_assert_int_eq(unit_read_err(img, 0, 512), -EIO);
     vimage_unref(img);
     unlink_free(path);
 
@@ -731,10 +655,10 @@ START_TEST(grain_directory_past_eof)
     b.flags |= VMDK4_FLAG_RGD;
     sb_build(&b, k, 5);
     uint8_t *exp = expect(&b, k, 5, NULL);
-    le(&b, 56, 1u << 30, 8);
+    unit_put_le(&b.f, 56, 1u << 30, 8);
     path = write_sb(&b);
     img = open_img(path);
-    ck_assert(has_problem(img, "redundant copy is used"));
+    ck_assert(unit_has_problem(img, "redundant copy is used"));
     check_disk(img, exp, 64 * SEC);
     vimage_unref(img);
     free(exp);
@@ -749,18 +673,18 @@ START_TEST(grain_table_past_eof_fails_its_span)
     enum gk k[] = {G_DATA, G_NONE, G_NONE, G_NONE, G_DATA, G_DATA, G_NONE, G_NONE, G_DATA};
     sb_build(&b, k, VMFS_ARRAY_SIZE(k));
     uint8_t *exp = expect(&b, k, VMFS_ARRAY_SIZE(k), NULL);
-    le(&b, b.gd_sector * SEC + 4, 0x7fffffff, 4);   /* table 1 */
+    unit_put_le(&b.f, b.gd_sector * SEC + 4, 0x7fffffff, 4);   /* table 1 */
     char *path = write_sb(&b);
     struct vimage *img = open_img(path);
     ck_assert(!img->top_failed);
-    ck_assert_int_eq(read_at(img, 4 * 4096, 512), -EIO);
-    ck_assert_int_eq(read_at(img, 7 * 4096 + 100, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 4 * 4096, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 7 * 4096 + 100, 512), -EIO);
     uint8_t buf[4096];
     ck_assert_int_eq(vimage_read(img, buf, 4096, 0), 0);
     ck_assert(!memcmp(buf, exp, 4096));
     ck_assert_int_eq(vimage_read(img, buf, 4096, 8 * 4096), 0);
     ck_assert(!memcmp(buf, exp + 8 * 4096, 4096));
-    ck_assert(has_problem(img, "grain table for disk offset 0x4000"));
+    ck_assert(unit_has_problem(img, "grain table for disk offset 0x4000"));
     vimage_unref(img);
     free(exp);
     unlink_free(path);
@@ -773,14 +697,14 @@ START_TEST(grain_past_eof_fails_alone)
     sb_init(&b, 64, 8, 4);
     enum gk k[] = {G_DATA, G_DATA, G_DATA};
     sb_build(&b, k, 3);
-    uint64_t gt = get_le32(b.d + b.gd_sector * SEC) * (uint64_t)SEC;
-    le(&b, gt + 4, 0x00ffffff, 4);
+    uint64_t gt = get_le32(b.f.d + b.gd_sector * SEC) * (uint64_t)SEC;
+    unit_put_le(&b.f, gt + 4, 0x00ffffff, 4);
     char *path = write_sb(&b);
     struct vimage *img = open_img(path);
-    ck_assert_int_eq(read_at(img, 0, 4096), 0);
-    ck_assert_int_eq(read_at(img, 4096, 4096), -EIO);
-    ck_assert_int_eq(read_at(img, 8192, 4096), 0);
-    ck_assert(has_problem(img, "lies past the end of the file"));
+    ck_assert_int_eq(unit_read_err(img, 0, 4096), 0);
+    ck_assert_int_eq(unit_read_err(img, 4096, 4096), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 8192, 4096), 0);
+    ck_assert(unit_has_problem(img, "lies past the end of the file"));
     vimage_unref(img);
     unlink_free(path);
 }
@@ -796,14 +720,14 @@ START_TEST(truncated_file_fails_past_the_cut)
     uint8_t *exp = expect(&b, k, 6, NULL);
     /* Move the tables before the grains: rebuild with the grains last is
      * what real files do; here tables come last, so cut inside them. */
-    size_t full = b.len;
-    b.len = full - 700;
+    size_t full = b.f.len;
+    b.f.len = full - 700;
     char *path = write_sb(&b);
     struct vimage *img = open_img(path);
     ck_assert_ptr_nonnull(img);
     ck_assert(!img->top_failed);
-    ck_assert(nproblems(img) > 0);
-    ck_assert_int_eq(read_at(img, 0, 512), -EIO);
+    ck_assert(unit_nproblems(img) > 0);
+    ck_assert_int_eq(unit_read_err(img, 0, 512), -EIO);
     vimage_unref(img);
     free(exp);
     unlink_free(path);
@@ -814,28 +738,28 @@ START_TEST(truncated_file_fails_past_the_cut)
     b.desc = "#";
     sb_build(&b, k, 6);
     exp = expect(&b, k, 6, NULL);
-    uint64_t gt = get_le32(b.d + b.gd_sector * SEC) * (uint64_t)SEC;
+    uint64_t gt = get_le32(b.f.d + b.gd_sector * SEC) * (uint64_t)SEC;
     uint8_t table[64];
-    memcpy(table, b.d + gt, sizeof(table));
+    memcpy(table, b.f.d + gt, sizeof(table));
     uint8_t gd[4];
-    memcpy(gd, b.d + b.gd_sector * SEC, 4);
+    memcpy(gd, b.f.d + b.gd_sector * SEC, 4);
     /* Place GD and GT in sectors 1-2. */
-    memcpy(b.d + SEC, gd, 4);
-    le(&b, SEC, 2, 4);
-    memcpy(b.d + 2 * SEC, table, sizeof(table));
-    le(&b, 56, 1, 8);
+    memcpy(b.f.d + SEC, gd, 4);
+    unit_put_le(&b.f, SEC, 2, 4);
+    memcpy(b.f.d + 2 * SEC, table, sizeof(table));
+    unit_put_le(&b.f, 56, 1, 8);
     uint64_t g3 = get_le32(table + 12) * (uint64_t)SEC;
-    b.len = (size_t)g3 + 1000;    /* grain 3 cut short, 4 and 5 gone */
+    b.f.len = (size_t)g3 + 1000;    /* grain 3 cut short, 4 and 5 gone */
     path = write_sb(&b);
     img = open_img(path);
     ck_assert(!img->top_failed);
     uint8_t buf[3 * 4096];
     ck_assert_int_eq(vimage_read(img, buf, sizeof(buf), 0), 0);
     ck_assert(!memcmp(buf, exp, sizeof(buf)));
-    ck_assert_int_eq(read_at(img, 3 * 4096, 512), 0);
-    ck_assert_int_eq(read_at(img, 3 * 4096, 4096), -EIO);
-    ck_assert_int_eq(read_at(img, 5 * 4096, 4096), -EIO);
-    ck_assert_int_eq(read_at(img, 6 * 4096, 4096), 0);   /* unallocated */
+    ck_assert_int_eq(unit_read_err(img, 3 * 4096, 512), 0);
+    ck_assert_int_eq(unit_read_err(img, 3 * 4096, 4096), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 5 * 4096, 4096), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 6 * 4096, 4096), 0);   /* unallocated */
     vimage_unref(img);
     free(exp);
     unlink_free(path);
@@ -849,7 +773,7 @@ START_TEST(tiny_and_empty_files)
     struct vimage *img = open_img(path);
     ck_assert_ptr_nonnull(img);
     ck_assert(img->top_failed);
-    ck_assert(has_problem(img, "too short"));
+    ck_assert(unit_has_problem(img, "too short"));
     vimage_unref(img);
     unlink_free(path);
 }
@@ -862,10 +786,10 @@ START_TEST(newline_check_bytes_altered)
     enum gk k[] = {G_DATA};
     sb_build(&b, k, 1);
     uint8_t *exp = expect(&b, k, 1, NULL);
-    b.d[75] = '\n';   /* "\r\n" turned into "\n\n" */
+    b.f.d[75] = '\n';   /* "\r\n" turned into "\n\n" */
     char *path = write_sb(&b);
     struct vimage *img = open_img(path);
-    ck_assert(has_problem(img, "newline check bytes"));
+    ck_assert(unit_has_problem(img, "newline check bytes"));
     check_disk(img, exp, 16 * SEC);
     vimage_unref(img);
     free(exp);
@@ -909,8 +833,7 @@ START_TEST(descriptor_flat_zero_and_sparse_extents)
                            "NOACCESS 8 VMFS \"%s\"\n", fb, spb, fb);
     char *desc = write_text(text);
     struct vimage *img = open_img(desc);
-    dump_problems(img);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     size_t size = (16 + 10 + 32 + 8) * SEC;
     uint8_t *exp = calloc(1, size);
     for (size_t i = 0; i < 16 * SEC; i++)
@@ -960,12 +883,12 @@ START_TEST(descriptor_missing_extent_fails_there_only)
     struct vimage *img = open_img(desc);
     ck_assert(!img->top_failed);
     ck_assert_uint_eq(img->size, 48 * SEC);
-    ck_assert(has_problem(img, "gone-f002.vmdk"));
+    ck_assert(unit_has_problem(img, "gone-f002.vmdk"));
     uint8_t buf[16 * SEC];
     ck_assert_int_eq(vimage_read(img, buf, sizeof(buf), 0), 0);
     ck_assert_uint_eq(buf[100], pat(3, 100));
-    ck_assert_int_eq(read_at(img, 16 * SEC, 512), -EIO);
-    ck_assert_int_eq(read_at(img, 15 * SEC, 1024), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 16 * SEC, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 15 * SEC, 1024), -EIO);
     ck_assert_int_eq(vimage_read(img, buf, sizeof(buf), 32 * SEC), 0);
     ck_assert_uint_eq(buf[100], pat(3, 100));
     struct rep *r = rep_new_object();
@@ -991,9 +914,9 @@ START_TEST(descriptor_short_flat_extent)
     char *desc = write_text(text);
     struct vimage *img = open_img(desc);
     ck_assert_uint_eq(img->size, 16 * SEC);
-    ck_assert(has_problem(img, "holds 4096 of its 8192 bytes"));
-    ck_assert_int_eq(read_at(img, 0, 8 * SEC), 0);
-    ck_assert_int_eq(read_at(img, 7 * SEC, 2 * SEC), -EIO);
+    ck_assert(unit_has_problem(img, "holds 4096 of its 8192 bytes"));
+    ck_assert_int_eq(unit_read_err(img, 0, 8 * SEC), 0);
+    ck_assert_int_eq(unit_read_err(img, 7 * SEC, 2 * SEC), -EIO);
     vimage_unref(img);
     free(text);
     free(ab);
@@ -1013,7 +936,7 @@ START_TEST(descriptor_limits)
     char *desc = unit_tmpfile(t, o, "vmdk");
     struct vimage *img = open_img(desc);
     ck_assert(img->top_failed);
-    ck_assert(has_problem(img, "vmfs reads at most 4096"));
+    ck_assert(unit_has_problem(img, "vmfs reads at most 4096"));
     vimage_unref(img);
     unlink_free(desc);
     free(t);
@@ -1050,7 +973,7 @@ START_TEST(descriptor_limits)
         desc = write_text(bad[i]);
         img = open_img(desc);
         ck_assert(img->top_failed);
-        ck_assert_msg(has_problem(img, why[i]), "%s", why[i]);
+        ck_assert_msg(unit_has_problem(img, why[i]), "%s", why[i]);
         vimage_unref(img);
         unlink_free(desc);
     }
@@ -1067,10 +990,10 @@ START_TEST(descriptor_unsupported_extent_type)
     char *desc = write_text(text);
     struct vimage *img = open_img(desc);
     ck_assert_uint_eq(img->size, 24 * SEC);
-    ck_assert(has_problem(img, "SESPARSE"));
-    ck_assert_int_eq(read_at(img, 0, 8 * SEC), 0);
-    ck_assert_int_eq(read_at(img, 8 * SEC, 512), -EIO);
-    ck_assert_int_eq(read_at(img, 16 * SEC, 8 * SEC), 0);
+    ck_assert(unit_has_problem(img, "SESPARSE"));
+    ck_assert_int_eq(unit_read_err(img, 0, 8 * SEC), 0);
+    ck_assert_int_eq(unit_read_err(img, 8 * SEC, 512), -EIO);
+    ck_assert_int_eq(unit_read_err(img, 16 * SEC, 8 * SEC), 0);
     vimage_unref(img);
     free(text);
     free(ab);
@@ -1087,15 +1010,14 @@ START_TEST(cowd_extent)
     size_t size = data_off + 3 * grain;
     uint8_t *d = calloc(1, size);
     memcpy(d, "COWD", 4);
-    struct sb tmp = {.d = d, .len = size, .cap = size};
-    le(&tmp, 4, 1, 4);
-    le(&tmp, 12, 40, 4);                  /* 40 sectors */
-    le(&tmp, 16, 2, 4);                   /* grain: 2 sectors */
-    le(&tmp, 20, gd_off / SEC, 4);
-    le(&tmp, 24, ngd, 4);
-    le(&tmp, gd_off, gt_off / SEC, 4);
-    le(&tmp, gt_off + 0 * 4, data_off / SEC, 4);
-    le(&tmp, gt_off + 5 * 4, (data_off + grain) / SEC, 4);
+    unit_le(d + 4, 1, 4);
+    unit_le(d + 12, 40, 4);                  /* 40 sectors */
+    unit_le(d + 16, 2, 4);                   /* grain: 2 sectors */
+    unit_le(d + 20, gd_off / SEC, 4);
+    unit_le(d + 24, ngd, 4);
+    unit_le(d + gd_off, gt_off / SEC, 4);
+    unit_le(d + gt_off + 0 * 4, data_off / SEC, 4);
+    unit_le(d + gt_off + 5 * 4, (data_off + grain) / SEC, 4);
     for (size_t i = 0; i < grain; i++) {
         d[data_off + i] = pat(4, i);
         d[data_off + grain + i] = pat(4, 5 * grain + i);
@@ -1107,8 +1029,7 @@ START_TEST(cowd_extent)
                            "createType=\"vmfsSparse\"\nRW 40 VMFSSPARSE \"%s\"\n", cb);
     char *desc = write_text(text);
     struct vimage *img = open_img(desc);
-    dump_problems(img);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     uint8_t *exp = calloc(1, 40 * SEC);
     for (size_t i = 0; i < grain; i++) {
         exp[i] = pat(4, i);
@@ -1160,8 +1081,7 @@ START_TEST(delta_reads_parent_where_unallocated)
     uint8_t *cexp;
     char *child = make_sparse(2, kc, 4, cdesc, &cexp, bexp);
     struct vimage *img = open_img(child);
-    dump_problems(img);
-    ck_assert_uint_eq(nproblems(img), 0);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
     ck_assert_uint_eq(img->nlayers, 2);
     ck_assert_str_eq(img->layers[0]->backing_name, bb);
     ck_assert_str_eq(img->layers[0]->backing_fmt, "vmdk");
@@ -1175,7 +1095,7 @@ START_TEST(delta_reads_parent_where_unallocated)
                       bb);
     char *child2 = make_sparse(2, kc, 4, cdesc, NULL, NULL);
     img = open_img(child2);
-    ck_assert(has_problem(img, "parentCID abcdef01 does not match the CID 11111111"));
+    ck_assert(unit_has_problem(img, "parentCID abcdef01 does not match the CID 11111111"));
     ck_assert_str_eq(img->layers[0]->backing_name, bb);   /* found beside it */
     check_disk(img, cexp, 64 * SEC);
     vimage_unref(img);
@@ -1186,8 +1106,8 @@ START_TEST(delta_reads_parent_where_unallocated)
                       "createType=\"monolithicSparse\"\nparentFileNameHint=\"gone.vmdk\"\n");
     char *child3 = make_sparse(2, kc, 4, cdesc, NULL, NULL);
     img = open_img(child3);
-    ck_assert(has_problem(img, "gone.vmdk"));
-    ck_assert_int_eq(read_at(img, 0, 512), -EIO);
+    ck_assert(unit_has_problem(img, "gone.vmdk"));
+    ck_assert_int_eq(unit_read_err(img, 0, 512), -EIO);
     uint8_t buf[4096];
     ck_assert_int_eq(vimage_read(img, buf, 4096, 4096), 0);
     ck_assert(!memcmp(buf, cexp + 4096, 4096));
@@ -1219,16 +1139,16 @@ START_TEST(parent_loop_is_cut)
     ck_assert_int_eq(rename(tb, b), 0);
     struct vimage *img = open_img(a);
     ck_assert_ptr_nonnull(img);
-    ck_assert(has_problem(img, "backing loop"));
-    ck_assert_int_eq(read_at(img, 0, 4096), 0);
-    ck_assert_int_eq(read_at(img, 4096, 512), -EIO);
+    ck_assert(unit_has_problem(img, "backing loop"));
+    ck_assert_int_eq(unit_read_err(img, 0, 4096), 0);
+    ck_assert_int_eq(unit_read_err(img, 4096, 512), -EIO);
     vimage_unref(img);
     /* A file that names itself. */
     const char *ds = "# Disk DescriptorFile\nCID=1\nparentCID=1\nparentFileNameHint=\"a.vmdk\"\n";
     char *ts = make_sparse(1, k, 1, ds, NULL, NULL);
     ck_assert_int_eq(rename(ts, a), 0);
     img = open_img(a);
-    ck_assert(has_problem(img, "backing loop"));
+    ck_assert(unit_has_problem(img, "backing loop"));
     vimage_unref(img);
     unlink(a);
     unlink(b);
@@ -1250,17 +1170,16 @@ START_TEST(embedded_descriptor_without_capacity)
     char *text = xasprintf("# Disk DescriptorFile\ncreateType=\"monolithicFlat\"\n"
                            "RW 8 FLAT \"%s\" 0\n", fb);
     uint8_t d[4096] = {0};
-    struct sb tmp = {.d = d, .len = sizeof(d), .cap = sizeof(d)};
     memcpy(d, "KDMV", 4);
-    le(&tmp, 4, 1, 4);
-    le(&tmp, 20, 8, 8);
-    le(&tmp, 28, 1, 8);
-    le(&tmp, 36, 7, 8);
-    le(&tmp, 44, 512, 4);
+    unit_le(d + 4, 1, 4);
+    unit_le(d + 20, 8, 8);
+    unit_le(d + 28, 1, 8);
+    unit_le(d + 36, 7, 8);
+    unit_le(d + 44, 512, 4);
     memcpy(d + SEC, text, strlen(text));
     char *path = unit_tmpfile(d, sizeof(d), "vmdk");
     struct vimage *img = open_img(path);
-    dump_problems(img);
+    unit_nproblems(img);
     uint8_t *exp = malloc(8 * SEC);
     for (size_t i = 0; i < 8 * SEC; i++)
         exp[i] = pat(5, i);
