@@ -392,16 +392,12 @@ START_TEST(sparse_reads_all_grain_kinds)
     ck_assert_int_eq(run.kind, VRUN_BACKING);
     ck_assert_uint_eq(run.len, 4 * 4096);
 
-    struct rep *r = rep_new_object();
-    vimage_report(img, r);
-    char *j = rep_to_json(r);
-    ck_assert_ptr_nonnull(strstr(j, "\"create_type\": \"monolithicSparse\""));
-    ck_assert_ptr_nonnull(strstr(j, "\"cid\": \"0000abcd\""));
-    ck_assert_ptr_nonnull(strstr(j, "\"grain_size\": 4096"));
-    ck_assert_ptr_nonnull(strstr(j, "\"virtual_hw_version\": \"4\""));
-    ck_assert_ptr_nonnull(strstr(j, "\"zeroed_grain_entries\": true"));
-    free(j);
-    rep_free(r);
+    unit_check_report(img, false,
+                      "\"create_type\": \"monolithicSparse\"",
+                      "\"cid\": \"0000abcd\"",
+                      "\"grain_size\": 4096",
+                      "\"virtual_hw_version\": \"4\"",
+                      "\"zeroed_grain_entries\": true");
     vimage_unref(img);
     free(exp);
     unlink_free(path);
@@ -443,13 +439,9 @@ static void stream_case(bool markers, bool at_end)
     struct vimage *img = open_img(path);
     ck_assert_uint_eq(unit_nproblems(img), 0);
     check_disk(img, exp, 130 * SEC);
-    struct rep *r = rep_new_object();
-    vimage_report(img, r);
-    char *j = rep_to_json(r);
-    ck_assert_ptr_nonnull(strstr(j, "\"create_type\": \"streamOptimized\""));
-    ck_assert_ptr_nonnull(strstr(j, at_end ? "\"footer\": true" : "\"footer\": false"));
-    free(j);
-    rep_free(r);
+    unit_check_report(img, false,
+                      "\"create_type\": \"streamOptimized\"",
+                      at_end ? "\"footer\": true" : "\"footer\": false");
     vimage_unref(img);
     free(exp);
     unlink_free(path);
@@ -891,12 +883,7 @@ START_TEST(descriptor_missing_extent_fails_there_only)
     ck_assert_int_eq(unit_read_err(img, 15 * SEC, 1024), -EIO);
     ck_assert_int_eq(vimage_read(img, buf, sizeof(buf), 32 * SEC), 0);
     ck_assert_uint_eq(buf[100], pat(3, 100));
-    struct rep *r = rep_new_object();
-    vimage_report(img, r);
-    char *j = rep_to_json(r);
-    ck_assert_ptr_nonnull(strstr(j, "\"status\": \"missing\""));
-    free(j);
-    rep_free(r);
+    unit_check_report(img, false, "\"status\": \"missing\"");
     vimage_unref(img);
     free(text);
     free(ab);
