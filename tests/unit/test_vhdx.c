@@ -15,9 +15,9 @@
 #define BAT_OFF (3 * MB)
 #define DATA_OFF (4 * MB)
 
-static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
-static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)v); put16(p + 2, (uint16_t)(v >> 16)); }
-static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)v); put32(p + 4, (uint32_t)(v >> 32)); }
+static void put16(uint8_t *p, uint16_t v) { unit_le(p, v, 2); }
+static void put32(uint8_t *p, uint32_t v) { unit_le(p, v, 4); }
+static void put64(uint8_t *p, uint64_t v) { unit_le(p, v, 8); }
 
 static void guid(uint8_t g[16], const char *s) { ck_assert(vhdx_guid_parse(s, g)); }
 
