@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "vmfs/bridge.h"
 #include "vmfs/report.h"
 #include "vmfs/tree.h"
 
@@ -469,10 +470,21 @@ static pthread_t prefetch_thread;
 static bool prefetch_running;
 static int prefetch_stop;
 
-/* Up to max images at the top of SOURCE, in directory order. */
+/* Images read through qemu-nbd are left alone: counting them ahead would
+ * start a qemu-nbd per image at mount, and their reads must be over when
+ * the daemon stops the bridge, before tree_shutdown. */
+static bool bridged(const char *path)
+{
+    return vimage_probe_file(path, false) == &vfmt_bridge;
+}
+
+/* Up to max images at the top of SOURCE that are not bridged, in
+ * directory order. */
 static size_t prefetch_list(char **paths, size_t max)
 {
     if (opts.single_file) {
+        if (!opts.uri && bridged(opts.source))
+            return 0;
         paths[0] = xstrdup(opts.source);
         return 1;
     }
@@ -485,7 +497,7 @@ static size_t prefetch_list(char **paths, size_t max)
         char *full = xasprintf("%s/%s", opts.source, de->d_name);
         struct stat st;
         if (stat(full, &st) == 0 && S_ISREG(st.st_mode) && tree_is_image(full, &st) &&
-            !tree_is_hidden(opts.source, de->d_name))
+            !tree_is_hidden(opts.source, de->d_name) && !bridged(full))
             paths[n++] = full;
         else
             free(full);
