@@ -507,23 +507,12 @@ static void test_dynamic_lss(uint32_t lss)
     check_bytes(img, b.exp, b.vsize);
 
     /* Runs: blocks 0-1 contiguous data as one run, 2-4 one hole. */
-    struct vlayer *l = img->layers[0];
     struct vrun run;
-    ck_assert_int_eq(l->drv->map(l, 100, b.vsize - 100, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, 2 * MB - 100);
+    run = unit_run_at(img, 100, b.vsize - 100, VRUN_DATA, 2 * MB - 100);
     ck_assert_uint_eq(run.src_off, DATA_OFF + 100);
-    ck_assert_int_eq(l->drv->map(l, 2 * MB, b.vsize - 2 * MB, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_ZERO);
-    ck_assert_uint_eq(run.len, 3 * MB);
-    ck_assert_int_eq(l->drv->map(l, 5 * MB, 4096, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, 4096);
-    bool data;
-    uint64_t len;
-    ck_assert_int_eq(vimage_extent(img, 0, &data, &len), 0);
-    ck_assert(data);
-    ck_assert_uint_eq(len, 2 * MB);
+    unit_run_at(img, 2 * MB, b.vsize - 2 * MB, VRUN_ZERO, 3 * MB);
+    unit_run_at(img, 5 * MB, 4096, VRUN_DATA, 4096);
+    unit_extent_at(img, 0, true, 2 * MB);
     ck_assert_uint_eq(vimage_allocated(img), 2 * MB + 4096);
 
     unit_check_report(img, false, "\"subformat\": \"dynamic\"");
@@ -592,9 +581,7 @@ START_TEST(test_host_holes)
     ck_assert_uint_eq(unit_nproblems(img), 0);
     bool data;
     uint64_t len;
-    ck_assert_int_eq(vimage_extent(img, 2 * MB, &data, &len), 0);
-    ck_assert(!data);
-    ck_assert_uint_eq(len, 3 * MB);
+    unit_extent_at(img, 2 * MB, false, 3 * MB);
     ck_assert_int_eq(vimage_extent(img, 5 * MB, &data, &len), 0);
     ck_assert(data);
     vimage_unref(img);
@@ -857,17 +844,9 @@ static void test_diff_lss(uint32_t lss)
     check_bytes(img, c.exp, c.vsize);
     ck_assert_uint_eq(unit_nproblems(img), 0);
 
-    struct vlayer *l = img->layers[0];
-    struct vrun run;
-    ck_assert_int_eq(l->drv->map(l, 0, 4 * MB, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, 8 * lss);
-    ck_assert_int_eq(l->drv->map(l, 8 * lss + 3, 4 * MB - 8 * lss - 3, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_BACKING);
-    ck_assert_uint_eq(run.len, 92 * lss - 3);
-    ck_assert_int_eq(l->drv->map(l, 2 * MB, 2 * MB, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_BACKING);
-    ck_assert_uint_eq(run.len, MB);
+    unit_run_at(img, 0, 4 * MB, VRUN_DATA, 8 * lss);
+    unit_run_at(img, 8 * lss + 3, 4 * MB - 8 * lss - 3, VRUN_BACKING, 92 * lss - 3);
+    unit_run_at(img, 2 * MB, 2 * MB, VRUN_BACKING, MB);
 
     unit_check_report(img, false, "\"subformat\": \"differencing\"");
     unit_check_report(img, false, "\"parent_linkage_check\": \"matches the parent\"");
@@ -921,21 +900,14 @@ START_TEST(test_diff_bitmap_entry_next_slice)
     struct vimage *img = open_ok(cpath);
     ck_assert_uint_eq(img->nlayers, 2);
 
-    struct vlayer *l = img->layers[0];
     struct vrun run;
     const uint64_t at = 8190 * MB;
-    ck_assert_int_eq(l->drv->map(l, at, 2 * MB, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, 4096);
+    run = unit_run_at(img, at, 2 * MB, VRUN_DATA, 4096);
     ck_assert_uint_eq(run.src_off, off);
-    ck_assert_int_eq(l->drv->map(l, at + 4096, 2 * MB - 4096, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_BACKING);
-    ck_assert_uint_eq(run.len, MB - 4096 - 512);
+    unit_run_at(img, at + 4096, 2 * MB - 4096, VRUN_BACKING, MB - 4096 - 512);
     /* The last sector of block 8190 and all of block 8191 lie back to
      * back in the file: one run across the slice change. */
-    ck_assert_int_eq(l->drv->map(l, at + MB - 512, MB + 512, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, MB + 512);
+    run = unit_run_at(img, at + MB - 512, MB + 512, VRUN_DATA, MB + 512);
     ck_assert_uint_eq(run.src_off, off + MB - 512);
 
     uint8_t *exp = calloc(1, 2 * MB), *buf = malloc(2 * MB);

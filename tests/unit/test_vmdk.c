@@ -379,18 +379,10 @@ START_TEST(sparse_reads_all_grain_kinds)
     ck_assert_uint_eq(vimage_allocated(img), 6 * 4096);
 
     /* Grains 0 and 1 lie back to back in the file: one data run. */
-    struct vlayer *l = img->layers[0];
-    struct vrun run;
-    ck_assert_int_eq(l->drv->map(l, 100, 203 * SEC - 100, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_DATA);
-    ck_assert_uint_eq(run.len, 8192 - 100);
-    ck_assert_int_eq(l->drv->map(l, 8192, 203 * SEC - 8192, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_BACKING);
-    ck_assert_uint_eq(run.len, 4096);
+    unit_run_at(img, 100, 203 * SEC - 100, VRUN_DATA, 8192 - 100);
+    unit_run_at(img, 8192, 203 * SEC - 8192, VRUN_BACKING, 4096);
     /* Grains 4-7: no table at all, one unallocated run. */
-    ck_assert_int_eq(l->drv->map(l, 4 * 4096, 203 * SEC - 4 * 4096, &run), 0);
-    ck_assert_int_eq(run.kind, VRUN_BACKING);
-    ck_assert_uint_eq(run.len, 4 * 4096);
+    unit_run_at(img, 4 * 4096, 203 * SEC - 4 * 4096, VRUN_BACKING, 4 * 4096);
 
     unit_check_report(img, false,
                       "\"create_type\": \"monolithicSparse\"",
