@@ -21,8 +21,6 @@ static void put64(uint8_t *p, uint64_t v) { unit_le(p, v, 8); }
 
 static void guid(uint8_t g[16], const char *s) { ck_assert(vhdx_guid_parse(s, g)); }
 
-static uint8_t pat(uint8_t tag, uint64_t off) { return (uint8_t)(tag + off * 7 + (off >> 9) * 13); }
-
 /* ------------------------------------------------------------------------
  * An image builder: header area, log at 1 MiB, metadata at 2 MiB, BAT at
  * 3 MiB, payload from 4 MiB.  vb_finish writes the structures from the
@@ -98,9 +96,9 @@ static uint64_t vb_data(struct vb *b, uint64_t blk, uint8_t tag)
 {
     uint64_t off = vb_alloc(b, b->bs);
     for (uint64_t i = 0; i < b->bs; i++)
-        b->buf[off + i] = pat(tag, blk * b->bs + i);
+        b->buf[off + i] = unit_pat(tag, blk * b->bs + i);
     for (uint64_t i = blk * b->bs; i < (blk + 1) * b->bs && i < b->vsize && i < b->exp_len; i++)
-        b->exp[i] = pat(tag, i);
+        b->exp[i] = unit_pat(tag, i);
     vb_block(b, blk, 6, off);
     return off;
 }
@@ -234,13 +232,13 @@ static void rewrite(const char *path, const uint8_t *buf, size_t len)
 struct lspec {
     bool data;
     uint64_t off, zlen;
-    uint8_t fill;         /* data: the sector's bytes are pat(fill, i) */
+    uint8_t fill;         /* data: the sector's bytes are unit_pat(fill, i) */
 };
 
 static void sector_of(const struct lspec *o, uint8_t *s)
 {
     for (int i = 0; i < 4096; i++)
-        s[i] = pat(o->fill, (uint64_t)i);
+        s[i] = unit_pat(o->fill, (uint64_t)i);
 }
 
 /* Writes one entry at log sector `at` (wrapping at nsect); returns its
@@ -544,7 +542,7 @@ START_TEST(test_big_blocks)
     b.fixed = true;
     uint64_t off = vb_alloc(&b, MB);
     for (uint64_t i = 0; i < MB; i++)
-        b.buf[off + i] = pat(0x44, i);
+        b.buf[off + i] = unit_pat(0x44, i);
     char *path = vb_write(&b, "vhdx");
     /* Patch the BAT: block 16's entry is at index 17. */
     uint8_t e[8];
@@ -799,7 +797,7 @@ static void build_child(struct vb *c, const struct vb *p, uint32_t lss)
         for (uint64_t s = secs[k][0]; s < secs[k][0] + secs[k][1]; s++) {
             c->buf[sb + s / 8] |= (uint8_t)(1 << (s % 8));
             for (uint64_t i = s * lss; i < (s + 1) * lss; i++)
-                c->exp[i] = c->buf[off + i] = pat(0x90, i);
+                c->exp[i] = c->buf[off + i] = unit_pat(0x90, i);
         }
     }
     /* Bytes whose bit is 0 must not show: fill them with junk. */
@@ -891,10 +889,10 @@ START_TEST(test_diff_bitmap_entry_next_slice)
     uint64_t last = first_bit + MB / 512 - 1;
     c.buf[sb + last / 8] |= (uint8_t)(1 << (last % 8));
     for (uint64_t i = 0; i < MB; i++)
-        c.buf[off + i] = pat(0x31, i);
+        c.buf[off + i] = unit_pat(0x31, i);
     vb_block(&c, 8191, 6, off2);
     for (uint64_t i = 0; i < MB; i++)
-        c.buf[off2 + i] = pat(0x42, i);
+        c.buf[off2 + i] = unit_pat(0x42, i);
     set_locator(&c, base_name(ppath), NULL, "{CAFEBABE-0000-1111-2222-333344445555}");
     char *cpath = vb_write(&c, "avhdx");
     struct vimage *img = open_ok(cpath);
@@ -912,11 +910,11 @@ START_TEST(test_diff_bitmap_entry_next_slice)
 
     uint8_t *exp = calloc(1, 2 * MB), *buf = malloc(2 * MB);
     for (uint64_t i = 0; i < 4096; i++)
-        exp[i] = pat(0x31, i);
+        exp[i] = unit_pat(0x31, i);
     for (uint64_t i = MB - 512; i < MB; i++)
-        exp[i] = pat(0x31, i);
+        exp[i] = unit_pat(0x31, i);
     for (uint64_t i = 0; i < MB; i++)
-        exp[MB + i] = pat(0x42, i);
+        exp[MB + i] = unit_pat(0x42, i);
     ck_assert_int_eq(vimage_read(img, buf, 2 * MB, at), 0);
     ck_assert(!memcmp(buf, exp, 2 * MB));
     for (uint64_t o = 0; o < 2 * MB; o += 3 * 4096 + 512) {
@@ -1090,7 +1088,7 @@ static void build_dirty(struct vb *b, bool corrupt_second)
     uint8_t pay[2][4096];
     for (int k = 0; k < 2; k++) {
         for (int i = 0; i < 4096; i++)
-            pay[k][i] = pat((uint8_t)(0xb0 + k), (uint64_t)i);
+            pay[k][i] = unit_pat((uint8_t)(0xb0 + k), (uint64_t)i);
         secs[2 + k] = pay[k];
     }
     uint32_t ndesc = 5, dsect = 1, total = dsect + 4;
@@ -1135,7 +1133,7 @@ static void build_dirty(struct vb *b, bool corrupt_second)
     uint8_t *exp = calloc(1, 7 * MB);
     memcpy(exp, b->exp, b->vsize);
     for (uint64_t i = b->vsize; i < 6 * MB; i++)   /* block 5 grows whole */
-        exp[i] = pat(0x30, i);
+        exp[i] = unit_pat(0x30, i);
     free(b->exp);
     b->exp = exp;
     b->vsize = b->exp_len = 7 * MB;

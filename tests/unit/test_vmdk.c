@@ -16,12 +16,6 @@ extern const struct vfmt_driver vfmt_vmdk;
 
 #define SEC 512u
 
-/* What the byte at disk offset off of a layer tagged tag holds. */
-static uint8_t pat(uint8_t tag, uint64_t off)
-{
-    return (uint8_t)((off >> 9) * 13 + (off & 511) * 3 + tag);
-}
-
 /* ------------------------------------------------------------------------
  * The builder: a hosted sparse file, grain by grain
  * ---------------------------------------------------------------------- */
@@ -69,7 +63,7 @@ static uint64_t sb_comp_grain(struct sb *b, uint64_t gi, bool corrupt)
     size_t gb = (size_t)(b->grain * SEC);
     uint8_t *raw = malloc(gb);
     for (size_t i = 0; i < gb; i++)
-        raw[i] = pat(b->tag, gi * gb + i);
+        raw[i] = unit_pat(b->tag, gi * gb + i);
     uLongf clen = compressBound(gb);
     uint8_t *c = malloc(clen);
     ck_assert_int_eq(compress2(c, &clen, raw, gb, 6), Z_OK);
@@ -94,7 +88,7 @@ static uint64_t sb_data_grain(struct sb *b, uint64_t gi)
 {
     uint64_t s = sb_sectors(b, b->grain);
     for (uint64_t i = 0; i < b->grain * SEC; i++)
-        b->f.d[s * SEC + i] = pat(b->tag, gi * b->grain * SEC + i);
+        b->f.d[s * SEC + i] = unit_pat(b->tag, gi * b->grain * SEC + i);
     return s;
 }
 
@@ -171,7 +165,7 @@ static uint8_t *expect(const struct sb *b, const enum gk *kinds, size_t nk, cons
     for (size_t i = 0; i < size; i++) {
         enum gk k = i / gb < nk ? kinds[i / gb] : G_NONE;
         if (k == G_DATA || k == G_COMP)
-            e[i] = pat(b->tag, i);
+            e[i] = unit_pat(b->tag, i);
         else if (k == G_NONE && base)
             e[i] = base[i];
     }
@@ -515,11 +509,11 @@ START_TEST(corrupt_compressed_grain_fails_alone)
     ck_assert(!img->top_failed);
     uint8_t buf[8192];
     ck_assert_int_eq(vimage_read(img, buf, 8192, 0), 0);
-    ck_assert_uint_eq(buf[5], pat(1, 5));
+    ck_assert_uint_eq(buf[5], unit_pat(1, 5));
     ck_assert_int_eq(unit_read_err(img, 8192, 512), -EIO);
     ck_assert_int_eq(unit_read_err(img, 8192 + 4000, 100), -EIO);
     ck_assert_int_eq(vimage_read(img, buf, 8192, 16384), 0);
-    ck_assert_uint_eq(buf[7], pat(1, 16384 + 7));
+    ck_assert_uint_eq(buf[7], unit_pat(1, 16384 + 7));
     ck_assert(unit_has_problem(img, "corrupt compressed data"));
     ck_assert(unit_has_problem(img, "disk offset 0x2000"));
     vimage_unref(img);
@@ -791,7 +785,7 @@ static char *write_pattern(size_t size, uint8_t tag)
 {
     uint8_t *d = malloc(size);
     for (size_t i = 0; i < size; i++)
-        d[i] = pat(tag, i);
+        d[i] = unit_pat(tag, i);
     char *p = unit_tmpfile(d, size, "vmdk");
     free(d);
     return p;
@@ -821,10 +815,10 @@ START_TEST(descriptor_flat_zero_and_sparse_extents)
     size_t size = (16 + 10 + 32 + 8) * SEC;
     uint8_t *exp = calloc(1, size);
     for (size_t i = 0; i < 16 * SEC; i++)
-        exp[i] = pat(7, 8 * SEC + i);
+        exp[i] = unit_pat(7, 8 * SEC + i);
     memcpy(exp + 26 * SEC, sexp, 32 * SEC);
     for (size_t i = 0; i < 8 * SEC; i++)
-        exp[58 * SEC + i] = pat(7, i);
+        exp[58 * SEC + i] = unit_pat(7, i);
     check_disk(img, exp, size);
 
     char **names;
@@ -870,11 +864,11 @@ START_TEST(descriptor_missing_extent_fails_there_only)
     ck_assert(unit_has_problem(img, "gone-f002.vmdk"));
     uint8_t buf[16 * SEC];
     ck_assert_int_eq(vimage_read(img, buf, sizeof(buf), 0), 0);
-    ck_assert_uint_eq(buf[100], pat(3, 100));
+    ck_assert_uint_eq(buf[100], unit_pat(3, 100));
     ck_assert_int_eq(unit_read_err(img, 16 * SEC, 512), -EIO);
     ck_assert_int_eq(unit_read_err(img, 15 * SEC, 1024), -EIO);
     ck_assert_int_eq(vimage_read(img, buf, sizeof(buf), 32 * SEC), 0);
-    ck_assert_uint_eq(buf[100], pat(3, 100));
+    ck_assert_uint_eq(buf[100], unit_pat(3, 100));
     unit_check_report(img, false, "\"status\": \"missing\"");
     vimage_unref(img);
     free(text);
@@ -998,8 +992,8 @@ START_TEST(cowd_extent)
     unit_le(d + gt_off + 0 * 4, data_off / SEC, 4);
     unit_le(d + gt_off + 5 * 4, (data_off + grain) / SEC, 4);
     for (size_t i = 0; i < grain; i++) {
-        d[data_off + i] = pat(4, i);
-        d[data_off + grain + i] = pat(4, 5 * grain + i);
+        d[data_off + i] = unit_pat(4, i);
+        d[data_off + grain + i] = unit_pat(4, 5 * grain + i);
     }
     char *cowd = unit_tmpfile(d, size, "vmdk");
     free(d);
@@ -1011,8 +1005,8 @@ START_TEST(cowd_extent)
     ck_assert_uint_eq(unit_nproblems(img), 0);
     uint8_t *exp = calloc(1, 40 * SEC);
     for (size_t i = 0; i < grain; i++) {
-        exp[i] = pat(4, i);
-        exp[5 * grain + i] = pat(4, 5 * grain + i);
+        exp[i] = unit_pat(4, i);
+        exp[5 * grain + i] = unit_pat(4, 5 * grain + i);
     }
     check_disk(img, exp, 40 * SEC);
     vimage_unref(img);
@@ -1161,7 +1155,7 @@ START_TEST(embedded_descriptor_without_capacity)
     unit_nproblems(img);
     uint8_t *exp = malloc(8 * SEC);
     for (size_t i = 0; i < 8 * SEC; i++)
-        exp[i] = pat(5, i);
+        exp[i] = unit_pat(5, i);
     check_disk(img, exp, 8 * SEC);
     char **names;
     ck_assert_uint_eq(vfmt_vmdk.related_files(path, d, sizeof(d), &names), 1);
