@@ -479,11 +479,14 @@ static bool bridged(const char *path)
 }
 
 /* Up to max images at the top of SOURCE that are not bridged, in
- * directory order. */
+ * directory order; none for an NBD export: opening it can wait for the
+ * network, and the daemon's exit would wait for that. */
 static size_t prefetch_list(char **paths, size_t max)
 {
+    if (opts.uri)
+        return 0;           /* a network source may take long to answer */
     if (opts.single_file) {
-        if (!opts.uri && bridged(opts.source))
+        if (bridged(opts.source))
             return 0;
         paths[0] = xstrdup(opts.source);
         return 1;
