@@ -124,21 +124,30 @@ static void evict(const struct vcache_entry *keep)
     }
 }
 
+/* Called locked: on a hit, takes a reference to the entry, makes it the
+ * most recently used, unlocks and returns true; else stays locked. */
+static bool take_hit(uint64_t owner, uint64_t key, size_t size, const void **data,
+                     struct vcache_entry **ent)
+{
+    struct vcache_entry *e = find(owner, key);
+    if (!e || e->size != size)
+        return false;
+    e->refs++;
+    lru_unlink(e);
+    lru_push(e);
+    nhits++;
+    pthread_mutex_unlock(&lock);
+    *data = e->data;
+    *ent = e;
+    return true;
+}
+
 int vcache_get(uint64_t owner, uint64_t key, size_t size, vcache_fill_fn fill,
                void *arg, const void **data, struct vcache_entry **ent)
 {
     pthread_mutex_lock(&lock);
-    struct vcache_entry *e = find(owner, key);
-    if (e && e->size == size) {
-        e->refs++;
-        lru_unlink(e);
-        lru_push(e);
-        nhits++;
-        pthread_mutex_unlock(&lock);
-        *data = e->data;
-        *ent = e;
+    if (take_hit(owner, key, size, data, ent))
         return 0;
-    }
     nmisses++;
     pthread_mutex_unlock(&lock);
 
@@ -156,7 +165,7 @@ int vcache_get(uint64_t owner, uint64_t key, size_t size, vcache_fill_fn fill,
     n->hnext = NULL;
 
     pthread_mutex_lock(&lock);
-    e = find(owner, key);
+    struct vcache_entry *e = find(owner, key);
     if (e && e->size == size) {      /* another thread filled it first */
         e->refs++;
         pthread_mutex_unlock(&lock);
@@ -186,19 +195,10 @@ int vcache_peek(uint64_t owner, uint64_t key, size_t size, const void **data,
                 struct vcache_entry **ent)
 {
     pthread_mutex_lock(&lock);
-    struct vcache_entry *e = find(owner, key);
-    if (!e || e->size != size) {
-        pthread_mutex_unlock(&lock);
-        return -ENOENT;
-    }
-    e->refs++;
-    lru_unlink(e);
-    lru_push(e);
-    nhits++;
+    if (take_hit(owner, key, size, data, ent))
+        return 0;
     pthread_mutex_unlock(&lock);
-    *data = e->data;
-    *ent = e;
-    return 0;
+    return -ENOENT;
 }
 
 void vcache_release(struct vcache_entry *e)
