@@ -490,12 +490,22 @@ static bool first_report(struct qcow2 *q, enum q_pkind kind, uint64_t key)
 }
 
 /* ------------------------------------------------------------------------
- * Per-thread decompressors
+ * Per-thread decompressors and L2 window
  * ---------------------------------------------------------------------- */
+
+/* The L2 bytes an allocation walk read last on this thread: a walk goes
+ * through them in place instead of copying each slice into the cache. */
+struct l2win {
+    uint64_t owner;      /* the layer's cache owner; 0: empty */
+    uint64_t key;        /* host offset of the first byte */
+    size_t len;
+    uint8_t *buf;        /* Q_BULK_BYTES */
+};
 
 struct q_tls {
     struct libdeflate_decompressor *inflate;
     ZSTD_DCtx *zstd;
+    struct l2win win;
 };
 
 static __thread struct q_tls *q_tls;
@@ -510,6 +520,7 @@ static void q_tls_free(void *p)
         libdeflate_free_decompressor(t->inflate);
     if (t->zstd)
         ZSTD_freeDCtx(t->zstd);
+    free(t->win.buf);
     free(t);
 }
 
@@ -518,7 +529,7 @@ static void q_tls_make_key(void)
     q_tls_key_ok = pthread_key_create(&q_tls_key, q_tls_free) == 0;
 }
 
-/* This thread's decompressors, freed when the thread exits. */
+/* This thread's decompressors and window, freed when the thread exits. */
 static struct q_tls *tls_get(void)
 {
     if (!q_tls) {
@@ -640,64 +651,56 @@ static int fill_slice(void *arg, void *buf, size_t size)
     return vsrc_pread(a->file, buf, size, a->off);
 }
 
-struct slice_copy {
-    const uint8_t *from;
-};
-
-static int copy_slice(void *arg, void *buf, size_t size)
-{
-    memcpy(buf, ((struct slice_copy *)arg)->from, size);
-    return 0;
-}
-
-/* Reads the slices of an L2 table from the one at host offset key (which
- * holds guest cluster ci) up to Q_BULK_BYTES, in one read: the empty ones
- * are marked, the others go into the cache. */
-static int bulk_load(struct qcow2 *q, uint64_t ci, uint64_t key)
+/* For a walk: reads the slices of an L2 table from the one at host offset
+ * key (which holds guest cluster ci) up to Q_BULK_BYTES into this thread's
+ * window, in one read, and marks the empty ones.  The walk reads them
+ * there: a count of a large image touches no cache memory. */
+static int window_load(struct qcow2 *q, struct l2win *w, uint64_t ci, uint64_t key)
 {
     size_t size = q->slice_size;
     uint64_t bit = slice_bit(q, ci);
     uint64_t spt = 1ull << q->spt_bits, si = bit & (spt - 1);
     size_t k = (size_t)VMFS_MIN(spt - si, (uint64_t)(Q_BULK_BYTES / size));
-    CLEANUP_FREE uint8_t *buf = xmalloc(k * size);
-    int r = vsrc_pread(q->l->file, buf, k * size, key);
+    if (!w->buf)
+        w->buf = xmalloc(Q_BULK_BYTES);
+    w->owner = 0;
+    int r = vsrc_pread(q->l->file, w->buf, k * size, key);
     if (r < 0)
         return r;
-    for (size_t j = 0; j < k; j++) {
-        const uint8_t *sl = buf + j * size;
-        if (all_zero(sl, size)) {
+    for (size_t j = 0; j < k; j++)
+        if (all_zero(w->buf + j * size, size))
             mark_empty(q, bit + j);
-            continue;
-        }
-        struct slice_copy c = {sl};
-        const void *data;
-        struct vcache_entry *ent;
-        if (vcache_get(q->l->cache_owner, key + j * size, size, copy_slice, &c, &data,
-                       &ent) == 0)
-            vcache_release(ent);
-    }
+    w->owner = q->l->cache_owner;
+    w->key = key;
+    w->len = k * size;
     return 0;
 }
 
 /* Points c at the slice (host offset key) that holds guest cluster ci.  A
- * walk (c->bulk) that misses reads the rest of the table with it; empty
- * slices it finds are marked, never cached. */
+ * walk (c->bulk) that misses the cache reads it through the thread's window
+ * with the rest of its table; empty slices are marked, never cached. */
 static int slice_get(struct qcow2 *q, struct l2cur *c, uint64_t ci, uint64_t key)
 {
     uint64_t bit = slice_bit(q, ci);
     const void *data;
     c->key = key;
-    if (!known_empty(q, bit) && c->bulk &&
-        vcache_peek(q->l->cache_owner, key, q->slice_size, &data, &c->ent) < 0) {
-        int r = bulk_load(q, ci, key);
-        if (r < 0)
-            return r;
-    } else if (c->ent) {
-        c->data = data;
-        return 0;
-    }
     if (known_empty(q, bit)) {
         c->data = zero_slice;
+        return 0;
+    }
+    if (c->bulk) {
+        if (vcache_peek(q->l->cache_owner, key, q->slice_size, &data, &c->ent) == 0) {
+            c->data = data;
+            return 0;
+        }
+        c->ent = NULL;
+        struct l2win *w = &tls_get()->win;
+        if (w->owner != q->l->cache_owner || key < w->key || key - w->key >= w->len) {
+            int r = window_load(q, w, ci, key);
+            if (r < 0)
+                return r;
+        }
+        c->data = w->buf + (key - w->key);
         return 0;
     }
     struct slice_fill a = {q->l->file, key};
@@ -871,6 +874,24 @@ static inline bool entry_is_zero(const uint8_t *e, size_t size)
     return (a | b) == 0;
 }
 
+/* How many entries from index i of a slice of per entries are all zero:
+ * 64 bytes at a time where they are aligned (a sparse table is mostly
+ * zeros, and a count reads every entry of it). */
+static uint64_t zero_entries(const uint8_t *slice, uint64_t i, uint64_t per, size_t size)
+{
+    uint64_t start = i;
+    uint64_t block = 64 / size;            /* entries per 64 bytes: 4 or 8 */
+    while (i < per && i % block && entry_is_zero(slice + i * size, size))
+        i++;
+    if (i < per && i % block == 0) {
+        while (i + block <= per && all_zero(slice + i * size, 64))
+            i += block;
+        while (i < per && entry_is_zero(slice + i * size, size))
+            i++;
+    }
+    return i - start;
+}
+
 /* Where the run of guest cluster ci (entry, classified t, host offset
  * host) ends within its slice, up to end: the entries after it that are
  * the same kind, data contiguous in the data file.  One step for what
@@ -918,12 +939,8 @@ static void cluster_piece(struct qcow2 *q, struct l2cur *c, uint64_t l2off,
         /* Unallocated: the common case of sparse images.  Skip the run of
          * all-zero entries in this slice in one go. */
         uint64_t idx = (ci & ((1ull << q->l2_bits) - 1)) & ((1ull << q->slice_bits) - 1);
-        uint64_t per = 1ull << q->slice_bits, n = 1;
-        const uint8_t *e = c->data + (idx + 1) * q->entry_size;
-        while (idx + n < per && entry_is_zero(e, q->entry_size)) {
-            n++;
-            e += q->entry_size;
-        }
+        uint64_t per = 1ull << q->slice_bits;
+        uint64_t n = 1 + zero_entries(c->data, idx + 1, per, q->entry_size);
         uint64_t stop = VMFS_MIN(VMFS_MIN(cstart + n * q->cs, q->l->size), end);
         piece_set(p, VRUN_BACKING, stop - pos);
         return;

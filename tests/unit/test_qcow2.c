@@ -1331,18 +1331,62 @@ START_TEST(test_walk_tables)
     vimage_unref(img);
 
     /* The walk first, on a fresh opening: then the reads.  The walk
-     * caches the three slices that hold entries, not the empty ones. */
+     * reads tables in place and caches no slice; reads cache the three
+     * that hold entries, not the empty ones. */
     img = open_img(path, -1);
     ck_assert_uint_eq(vimage_allocated(img), 8 * WT_CS);
     struct vcache_stats cs;
     vcache_get_stats(&cs);
-    ck_assert_uint_eq(cs.entries, 3);
+    ck_assert_uint_eq(cs.entries, 0);
     ck_assert_uint_eq(vimage_count_data(img, wt_off(0, 0, 12), wt_off(0, 3, 0)), 5 * WT_CS);
     check_all(img, b);
+    vcache_get_stats(&cs);
+    ck_assert_uint_eq(cs.entries, 3);
     ck_assert_uint_eq(unit_nproblems(img), 0);
     vimage_unref(img);
     unlink_free(path);
     qb_free(b);
+}
+END_TEST
+
+/* Runs of unallocated entries of every length and alignment inside a
+ * slice (a walk skips them 64 bytes at a time where it can), with normal
+ * and extended L2 entries: the count and every extent stay exact. */
+static void walk_gaps(bool ext)
+{
+    static const unsigned at[] = {0, 1, 2, 7, 8, 9, 15, 16, 31, 33, 63, 64, 65, 100, 127,
+                                  128, 200, 255, 256, 257, 400, 500, 509};
+    unsigned n = sizeof at / sizeof at[0];
+    unsigned per = ext ? 256 : 512;          /* entries per 4 KiB slice */
+    struct qb *b = qb_new(3, 14, 2 * (uint64_t)per * WT_CS, ext);
+    for (unsigned i = 0; i < n; i++)
+        if (at[i] < per)
+            qb_data(b, (uint64_t)at[i] * WT_CS, (uint8_t)(0x40 + i));
+    qb_data(b, (uint64_t)(2 * per - 1) * WT_CS, 0x3f);     /* last of slice 1 */
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    uint64_t want = 1;
+    for (unsigned i = 0; i < n; i++)
+        want += at[i] < per;
+    ck_assert_uint_eq(vimage_allocated(img), want * WT_CS);
+    /* Every hole ends exactly at the next data cluster. */
+    for (unsigned i = 0; i + 1 < n && at[i + 1] < per; i++) {
+        uint64_t end = (uint64_t)at[i] * WT_CS + WT_CS, next = (uint64_t)at[i + 1] * WT_CS;
+        if (next > end)
+            unit_extent_at(img, end, false, next - end);
+        ck_assert_uint_eq(vimage_count_data(img, end, b->vsize - end), (want - 1 - i) * WT_CS);
+    }
+    check_all(img, b);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+
+START_TEST(test_walk_gaps)
+{
+    walk_gaps(false);
+    walk_gaps(true);
 }
 END_TEST
 
@@ -1425,6 +1469,7 @@ static Suite *qcow2_suite(void)
     tcase_add_test(t, test_size_rounding);
     tcase_add_test(t, test_alloc_holes);
     tcase_add_test(t, test_walk_tables);
+    tcase_add_test(t, test_walk_gaps);
     tcase_add_test(t, test_run_past_eof);
     suite_add_tcase(s, t);
     return s;
