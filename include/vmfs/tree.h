@@ -44,8 +44,9 @@ struct timg {
 void tree_init(const struct tree_opts *o);
 const struct tree_opts *tree_options(void);
 /* Opens the first few images of SOURCE and counts their data on a thread
- * of its own, ahead of the first requests.  Call once the daemon runs
- * (after daemonizing); tree_shutdown stops and waits for it. */
+ * of its own, ahead of the first requests.  Call where no fork follows
+ * (after daemonizing, or before mounting in the foreground); calls after
+ * the first do nothing.  tree_shutdown stops and waits for it. */
 void tree_prefetch(void);
 void tree_shutdown(void);
 

@@ -338,6 +338,11 @@ int main(int argc, char **argv)
     fuse_opt_add_arg(&args, fsname);
     free(fsname);
 
+    /* In the foreground there is no fork to lose threads to: the count
+     * ahead starts now and runs while the kernel mounts. */
+    if (fo.foreground)
+        tree_prefetch();
+
     ret = 1;
     struct fuse_session *se = fuse_session_new(&args, &vmfs_ops, sizeof vmfs_ops, NULL);
     if (!se)
@@ -353,6 +358,7 @@ int main(int argc, char **argv)
     struct guest_opts go = {.idle_timeout = c.idle_timeout};
     guest_init(&go);
     start_read_ahead(fo.mountpoint, read_ahead);
+    tree_prefetch();
     if (fo.singlethread) {
         ret = fuse_session_loop(se);
     } else {

@@ -517,7 +517,6 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
     conn->want &= ~(unsigned)FUSE_CAP_SPLICE_MOVE;
     conn->want &= ~(unsigned)FUSE_CAP_SPLICE_READ;
     conn->max_read = cfg.max_read;   /* must match the mount option */
-    tree_prefetch();
 }
 
 /* Looks name up in parent p and fills e; the child's lookup count goes up

@@ -296,6 +296,38 @@ static void free_list(struct timg *t)
     }
 }
 
+/* Images being opened: a thread that wants one of them waits for that
+ * open instead of opening the file a second time (right after the mount
+ * the first request and the count ahead ask for the same image at once,
+ * and two opens would walk its tables twice). */
+struct opening {
+    const char *path;
+    long snap;
+    struct opening *next;
+};
+static struct opening *openings;
+static pthread_cond_t opened = PTHREAD_COND_INITIALIZER;
+
+/* Called locked: true when another thread is opening path. */
+static bool being_opened(const char *path, long snap)
+{
+    for (struct opening *o = openings; o; o = o->next)
+        if (o->snap == snap && !strcmp(o->path, path))
+            return true;
+    return false;
+}
+
+static void open_done(struct opening *me)
+{
+    for (struct opening **o = &openings; *o; o = &(*o)->next) {
+        if (*o == me) {
+            *o = me->next;
+            break;
+        }
+    }
+    pthread_cond_broadcast(&opened);
+}
+
 struct timg *tree_get(const char *path, long snap)
 {
     struct stat st;
@@ -303,6 +335,8 @@ struct timg *tree_get(const char *path, long snap)
         return NULL;
     struct timg *stale = NULL;
     pthread_mutex_lock(&lock);
+    while (being_opened(path, snap))
+        pthread_cond_wait(&opened, &lock);
     for (struct timg *t = head; t; t = t->next) {
         if (t->snap != snap || strcmp(t->path, path))
             continue;
@@ -321,15 +355,17 @@ struct timg *tree_get(const char *path, long snap)
         }
         break;
     }
+    struct opening me = {path, snap, openings};
+    openings = &me;
     pthread_mutex_unlock(&lock);
     free_list(stale);
 
-    if (!tree_is_image(path, &st)) {
-        errno = ENOENT;
-        return NULL;
-    }
-    struct vimage *img = vimage_open(path, &opts.open, snap, opts.uri);
+    struct vimage *img = tree_is_image(path, &st) ? vimage_open(path, &opts.open, snap, opts.uri)
+                                                  : NULL;
     if (!img) {
+        pthread_mutex_lock(&lock);
+        open_done(&me);
+        pthread_mutex_unlock(&lock);
         errno = ENOENT;
         return NULL;
     }
@@ -343,6 +379,7 @@ struct timg *tree_get(const char *path, long snap)
     pthread_mutex_lock(&lock);
     t->gen = next_gen++;
     push_timg(t);
+    open_done(&me);
     struct timg *dead = trim();
     pthread_mutex_unlock(&lock);
     free_list(dead);
@@ -510,16 +547,37 @@ static size_t prefetch_list(char **paths, size_t max)
     return n;
 }
 
+/* A second counter for one image: the count's parts are shared, so two
+ * threads finish a large image in about half the time. */
+static void *count_helper(void *arg)
+{
+    struct timg *t = arg;
+    uint64_t bytes;
+    vimage_allocated_unless(t->img, &prefetch_stop, &bytes);
+    return NULL;
+}
+
+static void count_image(struct timg *t, bool helper)
+{
+    pthread_t h;
+    bool helped = helper && t->img->size > (2ull << 30) &&
+                  pthread_create(&h, NULL, count_helper, t) == 0;
+    uint64_t bytes;
+    vimage_allocated_unless(t->img, &prefetch_stop, &bytes);
+    if (helped)
+        pthread_join(h, NULL);
+}
+
 static void *prefetch_main(void *arg)
 {
     char *paths[PREFETCH_MAX];
     size_t n = prefetch_list(paths, PREFETCH_MAX);
+    bool helper = sysconf(_SC_NPROCESSORS_ONLN) > 1;
     for (size_t i = 0; i < n; i++) {
         struct timg *t = __atomic_load_n(&prefetch_stop, __ATOMIC_RELAXED)
                              ? NULL : tree_get(paths[i], -1);
         if (t) {
-            uint64_t bytes;
-            vimage_allocated_unless(t->img, &prefetch_stop, &bytes);
+            count_image(t, helper);
             tree_put(t);
         }
         free(paths[i]);
