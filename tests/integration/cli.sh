@@ -167,6 +167,33 @@ if [ "$(id -u)" = 0 ] && [ -d /sys/class/bdi ]; then
 else
     echo "# read_ahead: not checked (needs root to set a mount's read-ahead)"
 fi
+# Worker threads: twice the CPUs (4 to 16) unless -o max_threads says.
+# threads_at_most N: after 16 readers at once, the daemon has at most N
+# threads besides its main one.
+threads_at_most() {
+    local i n pids=()
+    for ((i = 0; i < 16; i++)); do
+        dd if="$MNT/disk.qcow2" of=/dev/null bs=4k count=256 skip=$((i * 16)) iflag=direct \
+            status=none &
+        pids+=($!)
+    done
+    wait "${pids[@]}" || { echo "a reader failed"; return 1; }
+    n=$(($(ls "/proc/$VMFS_PID/task" | wc -l) - 1))
+    [ "$n" -le "$1" ] || { echo "$n worker threads, expected at most $1"; return 1; }
+}
+cpus=$(nproc)
+want=$((2 * cpus < 4 ? 4 : 2 * cpus > 16 ? 16 : 2 * cpus))
+for mt in "":$want max_threads=2:2; do
+    opt=${mt%%:*} n=${mt##*:}
+    if vmfs_mount "$SRC" "$MNT" ${opt:+-o "$opt"}; then
+        check "vmfs ${opt:-(default)}: at most $n threads serve 16 readers" threads_at_most "$n"
+        check "vmfs ${opt:-(default)}: reads right" reads_right
+        vmfs_umount "$MNT"
+    else
+        not_ok "vmfs ${opt:-(default)} mounts"
+    fi
+done
+
 fg_after() {
     "$VMFS" "$SRC" "$MNT" -o ro -f >"$WORK/fg.log" 2>&1 </dev/null &
     local pid=$! i
