@@ -178,8 +178,10 @@ threads_at_most() {
         pids+=($!)
     done
     wait "${pids[@]}" || { echo "a reader failed"; return 1; }
-    n=$(($(ls "/proc/$VMFS_PID/task" | wc -l) - 1))
-    [ "$n" -le "$1" ] || { echo "$n worker threads, expected at most $1"; return 1; }
+    local max=$1
+    set -- "/proc/$VMFS_PID/task"/*
+    n=$(($# - 1))
+    [ "$n" -le "$max" ] || { echo "$n worker threads, expected at most $max"; return 1; }
 }
 cpus=$(nproc)
 want=$((2 * cpus < 4 ? 4 : 2 * cpus > 16 ? 16 : 2 * cpus))
