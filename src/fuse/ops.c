@@ -517,6 +517,11 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
     conn->want &= ~(unsigned)FUSE_CAP_SPLICE_MOVE;
     conn->want &= ~(unsigned)FUSE_CAP_SPLICE_READ;
     conn->max_read = cfg.max_read;   /* must match the mount option */
+    /* The kernel stops reading ahead once congestion_threshold requests
+     * are queued (12 and 9 by default: 4.5 MiB of 512 KiB requests); a
+     * deeper queue keeps every thread decoding compressed clusters. */
+    conn->max_background = 32;
+    conn->congestion_threshold = 24;
 }
 
 /* Looks name up in parent p and fills e; the child's lookup count goes up
