@@ -156,6 +156,20 @@ if [ "$(id -u)" = 0 ] && [ -d /sys/class/bdi ]; then
             not_ok "vmfs -o ${opt:-(default)} mounts"
         fi
     done
+    # The kernel may queue 32 requests of the mount, congested at 24
+    # (where the fuse control file system shows them).
+    if vmfs_mount "$SRC" "$MNT"; then
+        ctl=/sys/fs/fuse/connections/$(mountpoint -d "$MNT" | cut -d: -f2)
+        if [ -r "$ctl/max_background" ]; then
+            check "vmfs: 32 background requests" test "$(cat "$ctl/max_background")" = 32
+            check "vmfs: congestion at 24" test "$(cat "$ctl/congestion_threshold")" = 24
+        else
+            echo "# max_background: not checked (no fusectl at /sys/fs/fuse/connections)"
+        fi
+        vmfs_umount "$MNT"
+    else
+        not_ok "vmfs mounts"
+    fi
     # read_ahead=0 leaves the kernel's window, whatever this kernel's is.
     if vmfs_mount "$SRC" "$MNT" -o read_ahead=0; then
         check "vmfs -o read_ahead=0: reads right" reads_right
