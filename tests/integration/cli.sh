@@ -145,16 +145,22 @@ read_ahead_is() {
     echo "read_ahead_kb of $dev is $kb, expected $1"
     return 1
 }
+# with_option OPT WHAT CMD...: mounted with -o OPT (none when empty), CMD
+# succeeds and the disk reads right.
+with_option() {
+    local opt=$1 what=$2
+    shift 2
+    if vmfs_mount "$SRC" "$MNT" ${opt:+-o "$opt"}; then
+        check "vmfs ${opt:-(default)}: $what" "$@"
+        check "vmfs ${opt:-(default)}: reads right" reads_right
+        vmfs_umount "$MNT"
+    else
+        not_ok "vmfs ${opt:-(default)} mounts"
+    fi
+}
 if [ "$(id -u)" = 0 ] && [ -d /sys/class/bdi ]; then
     for ra in "":4096 read_ahead=1M:1024 read_ahead=512K:512; do
-        opt=${ra%%:*} kb=${ra##*:}
-        if vmfs_mount "$SRC" "$MNT" ${opt:+-o "$opt"}; then
-            check "vmfs ${opt:-(default)}: the mount reads ahead $kb KiB" read_ahead_is "$kb"
-            check "vmfs ${opt:-(default)}: reads right" reads_right
-            vmfs_umount "$MNT"
-        else
-            not_ok "vmfs -o ${opt:-(default)} mounts"
-        fi
+        with_option "${ra%%:*}" "the mount reads ahead ${ra##*:} KiB" read_ahead_is "${ra##*:}"
     done
     # The kernel may queue 32 requests of the mount, congested at 24
     # (where the fuse control file system shows them).
@@ -200,14 +206,7 @@ threads_at_most() {
 cpus=$(nproc)
 want=$((2 * cpus < 4 ? 4 : 2 * cpus > 16 ? 16 : 2 * cpus))
 for mt in "":$want max_threads=2:2; do
-    opt=${mt%%:*} n=${mt##*:}
-    if vmfs_mount "$SRC" "$MNT" ${opt:+-o "$opt"}; then
-        check "vmfs ${opt:-(default)}: at most $n threads serve 16 readers" threads_at_most "$n"
-        check "vmfs ${opt:-(default)}: reads right" reads_right
-        vmfs_umount "$MNT"
-    else
-        not_ok "vmfs ${opt:-(default)} mounts"
-    fi
+    with_option "${mt%%:*}" "at most ${mt##*:} threads serve 16 readers" threads_at_most "${mt##*:}"
 done
 
 fg_after() {
