@@ -591,11 +591,50 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 /* An open file: the view it reads (or the report it shows), holding the
  * image for the handle's life. */
+/* Every open file and directory is on a list until its release: the
+ * kernel drops releases still queued when the mount goes away, and the
+ * daemon frees what is left when it stops. */
+struct opened {
+    struct opened *prev, *next;
+    void (*free)(struct opened *o);
+};
+static struct opened open_list = {&open_list, &open_list, NULL};
+static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void opened_add(struct opened *o, void (*free_fn)(struct opened *o))
+{
+    o->free = free_fn;
+    pthread_mutex_lock(&open_lock);
+    o->next = open_list.next;
+    o->prev = &open_list;
+    open_list.next->prev = o;
+    open_list.next = o;
+    pthread_mutex_unlock(&open_lock);
+}
+
+static void opened_del(struct opened *o)
+{
+    pthread_mutex_lock(&open_lock);
+    o->prev->next = o->next;
+    o->next->prev = o->prev;
+    pthread_mutex_unlock(&open_lock);
+}
+
 struct handle {
+    struct opened link;      /* first: the list's entry is the handle */
     enum nkind kind;
     struct vview view;
     char *fs, *gpath;        /* N_FS */
 };
+
+static void handle_free(struct opened *o)
+{
+    struct handle *h = (struct handle *)o;
+    tree_put(h->view.t);
+    free(h->fs);
+    free(h->gpath);
+    free(h);
+}
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -650,21 +689,18 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
      * reads must not stop at a size the kernel remembers. */
     if (kind == N_INFO || kind == N_JSON)
         fi->direct_io = 1;
+    opened_add(&h->link, handle_free);
     if (fuse_reply_open(req, fi) != 0) {
-        tree_put(t);
-        free(h->fs);
-        free(h->gpath);
-        free(h);
+        opened_del(&h->link);
+        handle_free(&h->link);
     }
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
-    tree_put(h->view.t);
-    free(h->fs);
-    free(h->gpath);
-    free(h);
+    opened_del(&h->link);
+    handle_free(&h->link);
     fuse_reply_err(req, 0);
 }
 
@@ -899,6 +935,7 @@ struct dentry {
 };
 
 struct dirlist {
+    struct opened link;      /* first, as in struct handle */
     struct dentry *e;
     size_t n, cap;
 };
@@ -930,6 +967,8 @@ static void dl_free(struct dirlist *d)
     free(d->e);
     free(d);
 }
+
+static void dl_free_opened(struct opened *o) { dl_free((struct dirlist *)o); }
 
 static int list_srcdir(const char *path, struct dirlist *d)
 {
@@ -1046,8 +1085,11 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         return;
     }
     fi->fh = (uint64_t)(uintptr_t)d;
-    if (fuse_reply_open(req, fi) != 0)
+    opened_add(&d->link, dl_free_opened);
+    if (fuse_reply_open(req, fi) != 0) {
+        opened_del(&d->link);
         dl_free(d);
+    }
 }
 
 /* d_ino 0 entries are skipped by readdir(3): each gets a number (advisory:
@@ -1127,7 +1169,9 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    dl_free((struct dirlist *)(uintptr_t)fi->fh);
+    struct dirlist *d = (struct dirlist *)(uintptr_t)fi->fh;
+    opened_del(&d->link);
+    dl_free(d);
     fuse_reply_err(req, 0);
 }
 
@@ -1236,6 +1280,12 @@ void vmfs_ops_init(const struct vmfs_config *c)
 
 void vmfs_ops_shutdown(void)
 {
+    /* Opens whose release the kernel dropped at unmount. */
+    while (open_list.next != &open_list) {
+        struct opened *o = open_list.next;
+        opened_del(o);
+        o->free(o);
+    }
     for (size_t i = 0; i < nbuckets; i++) {
         struct node *n = by_ino[i];
         while (n) {
