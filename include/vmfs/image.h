@@ -124,5 +124,7 @@ bool vimage_allocated_unless(struct vimage *img, const int *stop, uint64_t *byte
  * has had its say. */
 void vimage_report(struct vimage *img, struct rep *root);
 void vimage_report_problems(struct vimage *img, struct rep *root);
+/* How many problems the image has recorded so far (reads find more). */
+size_t vimage_problem_count(struct vimage *img);
 
 #endif

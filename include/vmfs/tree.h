@@ -34,6 +34,8 @@ struct timg {
     uint64_t gen;             /* unique per opening: a new one means new bytes */
     struct vimage *img;
     char *text, *json;        /* rendered lazily, under the tree lock */
+    size_t rendered_problems; /* the image's problems when they were */
+    struct old_report *old;   /* earlier renderings: a reader may hold one */
     struct vlayout *layout;   /* partitions and LVM, scanned lazily */
     uint64_t *vol_alloc;      /* per volume: data bytes, UINT64_MAX unknown */
     pthread_mutex_t view_lock;/* guards layout and vol_alloc */
@@ -71,8 +73,8 @@ void tree_put(struct timg *t);
 void tree_hold(struct timg *t);
 
 /* The rendered info (json false) or info.json — the image's facts, its
- * layout, report_extra's, its problems: what vmfs-info prints too.  Valid
- * while t is held. */
+ * layout, report_extra's, its problems: what vmfs-info prints too.  Made
+ * again when reads have found new problems since.  Valid while t is held. */
 const char *tree_report(struct timg *t, bool json, size_t *len);
 
 /* The partitions and logical volumes of t's disk, scanned on first use;

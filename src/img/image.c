@@ -76,6 +76,14 @@ void vlayer_problem(struct vlayer *l, const char *fmt, ...)
     free(msg);
 }
 
+size_t vimage_problem_count(struct vimage *img)
+{
+    pthread_mutex_lock(&img->lock);
+    size_t n = img->nproblems;
+    pthread_mutex_unlock(&img->lock);
+    return n;
+}
+
 size_t vimage_problems(struct vimage *img, char ***out)
 {
     pthread_mutex_lock(&img->lock);

@@ -227,8 +227,20 @@ bool tree_is_hidden(const char *dir, const char *name)
     return found;
 }
 
+struct old_report {
+    char *text, *json;
+    struct old_report *next;
+};
+
 static void timg_free(struct timg *t)
 {
+    while (t->old) {
+        struct old_report *o = t->old;
+        t->old = o->next;
+        free(o->text);
+        free(o->json);
+        free(o);
+    }
     vlayout_free(t->layout);
     free(t->vol_alloc);
     pthread_mutex_destroy(&t->view_lock);
@@ -416,14 +428,23 @@ static void render(struct timg *t)
         vlayout_report(lay, r);
     if (opts.report_extra)
         opts.report_extra(t, r);
+    size_t np = vimage_problem_count(t->img);
     vimage_report_problems(t->img, r);
     char *text = rep_to_text(r);
     char *json = rep_to_json(r);
     rep_free(r);
     pthread_mutex_lock(&lock);
-    if (!t->text) {
+    if (!t->text || np > t->rendered_problems) {
+        if (t->text) {                /* kept: a reader may still use it */
+            struct old_report *o = xcalloc(1, sizeof *o);
+            o->text = t->text;
+            o->json = t->json;
+            o->next = t->old;
+            t->old = o;
+        }
         t->text = text;
         t->json = json;
+        t->rendered_problems = np;
         text = json = NULL;
     }
     pthread_mutex_unlock(&lock);
@@ -433,12 +454,17 @@ static void render(struct timg *t)
 
 const char *tree_report(struct timg *t, bool json, size_t *len)
 {
+    /* Reads find damage the first rendering did not know of: the report
+     * is made again once the image has recorded more problems. */
+    size_t np = vimage_problem_count(t->img);
     pthread_mutex_lock(&lock);
-    bool have = t->text != NULL;
+    bool fresh = t->text != NULL && t->rendered_problems >= np;
     pthread_mutex_unlock(&lock);
-    if (!have)
+    if (!fresh)
         render(t);
+    pthread_mutex_lock(&lock);
     const char *s = json ? t->json : t->text;
+    pthread_mutex_unlock(&lock);
     *len = strlen(s);
     return s;
 }

@@ -127,7 +127,11 @@ check "l1-unaligned: the rest reads right" ranges l1-unaligned ok:0:4M ok:6M:2M
 check "l2-unaligned: the cluster at 6M fails with EIO" ranges l2-unaligned eio:6M:4K
 check "l2-unaligned: the rest reads right" ranges l2-unaligned ok:0:6M ok:$((6291456 + 4096)):$((2097152 - 4096))
 for c in zlib zstd; do
+    # info is made before the read that finds the damage: it must not stay so.
+    check "bad-$c: info.json is made before the damage is found" t test -s "$MNT/bad-$c.qcow2.d/info.json"
     check "bad-$c: the corrupt compressed cluster fails with EIO" ranges "bad-$c" eio:3M:64K
+    check "bad-$c: info.json then names the corrupt cluster" damaged "bad-$c" "compressed cluster"
+    check "bad-$c: so does info" text_lists_problems "bad-$c"
     check "bad-$c: the rest reads right" ranges "bad-$c" ok:0:3M ok:$((3145728 + 65536)):$((5242880 - 65536))
 done
 # The damaged reads again: each problem is still logged only once.
