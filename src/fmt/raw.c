@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "vmfs/fmt.h"
 #include "vmfs/report.h"
@@ -26,19 +27,17 @@ static int raw_probe(const uint8_t *head, size_t len, uint64_t file_size, const 
     return has_raw_extension(path) ? 1 : 0;
 }
 
+/* l->priv of a plain host file with holes: reads ask the file system where
+ * its data are. */
+static char sparse_file;
+
 static int raw_open(struct vlayer *l)
 {
     l->size = l->file->size;
-    return 0;
-}
-
-/* For reads the whole file is data: holes read as zeros anyway. */
-static int raw_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
-{
-    run->len = len;
-    run->kind = VRUN_DATA;
-    run->src = l->file;
-    run->src_off = off;
+    struct stat st;
+    if (l->file->fd >= 0 && fstat(l->file->fd, &st) == 0 && S_ISREG(st.st_mode) &&
+        (uint64_t)st.st_blocks < l->size / 512)
+        l->priv = &sparse_file;
     return 0;
 }
 
@@ -46,8 +45,27 @@ static int raw_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *ru
  * status on an NBD export.  A source that cannot tell is all data. */
 static int raw_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
 {
-    raw_map(l, off, len, run);
+    run->len = len;
+    run->kind = VRUN_DATA;
+    run->src = l->file;
+    run->src_off = off;
     return vrun_refine_holes(run);
+}
+
+/* Reads of a dense file, or an export, take the source as all data: holes
+ * read as zeros anyway, and asking costs a round trip to an NBD server.  A
+ * sparse host file's holes are zeros from memory instead: the file system
+ * is asked with two lseeks, where reading them would fill the host's page
+ * cache with zero pages of the image file only to copy them again. */
+static int raw_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
+{
+    if (l->priv == &sparse_file)
+        return raw_map_alloc(l, off, len, run);
+    run->len = len;
+    run->kind = VRUN_DATA;
+    run->src = l->file;
+    run->src_off = off;
+    return 0;
 }
 
 const struct vfmt_driver vfmt_raw = {

@@ -452,6 +452,81 @@ out:
 }
 END_TEST
 
+/* Reads of a sparse raw file take its holes from memory and its data from
+ * the file, at the right places: data at odd offsets, a hole at the start,
+ * data up to the very end.  A dense file is one piece of the file. */
+START_TEST(raw_sparse_reads)
+{
+    enum { SIZE = 8 << 20 };
+    static const struct {
+        off_t off;
+        size_t len;
+    } ext[] = {{1 << 20, 5000}, {(3 << 20) + 12345, 70000}, {SIZE - 9000, 9000}};
+    char *path = unit_tmpfile("", 0, "raw");
+    int fd = open(path, O_RDWR);
+    ck_assert_int_ge(fd, 0);
+    char *want = xcalloc(1, SIZE);
+    for (size_t i = 0; i < VMFS_ARRAY_SIZE(ext); i++) {
+        for (size_t j = 0; j < ext[i].len; j++)
+            want[ext[i].off + (off_t)j] = (char)(i * 31 + j % 251 + 1);
+        ck_assert_int_eq(pwrite(fd, want + ext[i].off, ext[i].len, ext[i].off),
+                         (ssize_t)ext[i].len);
+    }
+    ck_assert_int_eq(ftruncate(fd, SIZE), 0);
+    fsync(fd);
+    bool holes = lseek(fd, 0, SEEK_DATA) > 0;
+    struct vimage *img = vimage_open(path, NULL, -1, false);
+    ck_assert_ptr_nonnull(img);
+    char *got = xmalloc(SIZE);
+    memset(got, 0x77, SIZE);
+    ck_assert_int_eq(vimage_read(img, got, SIZE, 0), 0);
+    ck_assert_int_eq(memcmp(got, want, SIZE), 0);
+    /* Plans of pieces that start and end in holes and in data. */
+    for (uint64_t off = 0; off < SIZE; off += 1000003) {
+        size_t len = (size_t)VMFS_MIN((uint64_t)(1 << 20) + 4321, SIZE - off);
+        struct vplan plan = VPLAN_INIT;
+        ck_assert_int_eq(vimage_plan(img, off, len, &plan), 0);
+        size_t pos = 0, file_bytes = 0;
+        for (size_t i = 0; i < plan.nsegs; i++) {
+            const struct vseg *g = &plan.segs[i];
+            if (g->fd >= 0) {
+                ck_assert_uint_eq(g->fd_off, off + pos);
+                ck_assert_int_eq(pread(fd, got, g->len, (off_t)g->fd_off), (ssize_t)g->len);
+                file_bytes += g->len;
+            } else {
+                memcpy(got, g->mem, g->len);
+            }
+            ck_assert_int_eq(memcmp(got, want + off + pos, g->len), 0);
+            pos += g->len;
+        }
+        ck_assert_uint_eq(pos, len);
+        if (holes)
+            ck_assert_uint_lt(file_bytes, len);   /* the holes did not come from the file */
+        vplan_free(&plan);
+    }
+    vimage_unref(img);
+    /* Filled in: one piece of the file. */
+    char *dense = xmalloc(SIZE);
+    memset(dense, 0x3c, SIZE);
+    ck_assert_int_eq(pwrite(fd, dense, SIZE, 0), SIZE);
+    fsync(fd);
+    img = vimage_open(path, NULL, -1, false);
+    ck_assert_ptr_nonnull(img);
+    struct vplan plan = VPLAN_INIT;
+    ck_assert_int_eq(vimage_plan(img, 4096, SIZE - 8192, &plan), 0);
+    ck_assert_uint_eq(plan.nsegs, 1);
+    ck_assert_int_ge(plan.segs[0].fd, 0);
+    ck_assert_uint_eq(plan.segs[0].fd_off, 4096);
+    vplan_free(&plan);
+    vimage_unref(img);
+    close(fd);
+    free(dense);
+    free(got);
+    free(want);
+    unlink_free(path);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("image");
@@ -466,6 +541,7 @@ int main(void)
     tcase_add_test(tc, allocated_given_up);
     tcase_add_test(tc, allocated_shared);
     tcase_add_test(tc, raw_with_many_extents);
+    tcase_add_test(tc, raw_sparse_reads);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }
