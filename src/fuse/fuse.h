@@ -21,12 +21,27 @@ struct vmfs_config {
     unsigned max_read;       /* largest read request the kernel sends */
 };
 
-/* Kernel read-ahead window of the mount: several requests in flight. */
+/* The kernel reads ahead of a sequential reader in windows of the mount's
+ * read-ahead size (128 KiB by default), and FUSE hands the daemon one
+ * request per window.  A larger window turns a stream of 128 KiB requests
+ * into several 512 KiB requests in flight at once, which the request loop
+ * serves on several threads: fewer round trips, and compressed clusters
+ * decoded in parallel.  A disk that is mostly holes keeps the kernel's
+ * window (readahead.c). */
 #define VMFS_DEFAULT_READ_AHEAD ((size_t)4 << 20)
+#define VMFS_SHALLOW_READ_AHEAD ((size_t)128 << 10)
 /* The largest read request: a reply spliced from the image file must fit,
  * with its header and a page per piece, in a pipe of the default maximum
  * size (1 MiB, /proc/sys/fs/pipe-max-size); a larger one is copied. */
 #define VMFS_DEFAULT_MAX_READ (1u << 19)
+
+/* The window is a property of the mount's backing device (sysfs), so it
+ * is set once the mount answers, and only root may: deep at first, and
+ * for each disk opened, deep or shallow by its share of data.  deep 0 leaves
+ * the kernel's window alone. */
+void vmfs_ra_start(const char *mountpoint, size_t deep, size_t shallow);
+void vmfs_ra_open(uint64_t size, uint64_t allocated);
+void vmfs_ra_stop(void);
 
 extern const struct fuse_lowlevel_ops vmfs_ops;
 void vmfs_ops_init(const struct vmfs_config *cfg);

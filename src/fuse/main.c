@@ -77,8 +77,9 @@ static void usage(FILE *f)
 "  -o allow_external_backing  open backing and data files outside SOURCE\n"
 "  -o cache_size=SIZE         metadata cache budget (K, M, G; default 32M)\n"
 "  -o max_chain=N             longest backing chain followed (default %d)\n"
-"  -o read_ahead=SIZE         kernel read-ahead of the mount (default 4M;\n"
-"                             0 keeps the kernel's own)\n"
+"  -o read_ahead=SIZE         kernel read-ahead of the mount (default 4M,\n"
+"                             128K for disks mostly holes; 0 keeps the\n"
+"                             kernel's own)\n"
 "  -o max_read=BYTES          largest read request (default %u)\n"
 "  -o direct_io               serve disk reads without the kernel page cache\n"
 "  -o attr_timeout=SECONDS    how long the kernel keeps attributes (default 1)\n"
@@ -184,63 +185,6 @@ static int check_paths(const char *source, const char *mnt, bool *single)
     if (!empty)
         return fail("MOUNTPOINT %s is not empty", mnt);
     return 0;
-}
-
-/* The kernel reads ahead of a sequential reader in windows of the mount's
- * read-ahead size (128 KiB by default), and FUSE hands the daemon one
- * request per window.  A larger window turns a stream of 128 KiB requests
- * into several 1 MiB requests in flight at once, which the request loop
- * serves on several threads: fewer round trips, and compressed clusters
- * decoded in parallel.  The window is a property of the mount's backing
- * device (sysfs), so it is set once the mount answers; only root may. */
-struct ra_job {
-    char *mountpoint;
-    size_t bytes;
-};
-
-static void *set_read_ahead(void *arg)
-{
-    struct ra_job *j = arg;
-    struct stat mst, pst;
-    char *parent = xasprintf("%s/..", j->mountpoint);
-    if (stat(j->mountpoint, &mst) == 0 && stat(parent, &pst) == 0 && mst.st_dev != pst.st_dev) {
-        char *path = xasprintf("/sys/class/bdi/%u:%u/read_ahead_kb", major(mst.st_dev),
-                               minor(mst.st_dev));
-        int fd = open(path, O_WRONLY | O_CLOEXEC);
-        char val[32];
-        int n = snprintf(val, sizeof val, "%zu\n", j->bytes >> 10);
-        if (fd < 0 || write(fd, val, (size_t)n) != n)
-            vmfs_log(VMFS_LOG_DEBUG, "read-ahead of %s left as the kernel set it: %s: %s",
-                     j->mountpoint, path, strerror(errno));
-        else
-            vmfs_log(VMFS_LOG_DEBUG, "read-ahead of %s set to %zu KiB", j->mountpoint,
-                     j->bytes >> 10);
-        if (fd >= 0)
-            close(fd);
-        free(path);
-    }
-    free(parent);
-    free(j->mountpoint);
-    free(j);
-    return NULL;
-}
-
-static void start_read_ahead(const char *mountpoint, size_t bytes)
-{
-    if (!bytes)
-        return;
-    struct ra_job *j = xmalloc(sizeof *j);
-    j->mountpoint = xstrdup(mountpoint);
-    j->bytes = bytes;
-    pthread_t t;
-    pthread_attr_t a;
-    pthread_attr_init(&a);
-    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &a, set_read_ahead, j) != 0) {
-        free(j->mountpoint);
-        free(j);
-    }
-    pthread_attr_destroy(&a);
 }
 
 /* Requests are served on a few threads more than there are CPUs: a read
@@ -375,7 +319,9 @@ int main(int argc, char **argv)
     /* Threads start only now: fork would have lost them. */
     struct guest_opts go = {.idle_timeout = c.idle_timeout};
     guest_init(&go);
-    start_read_ahead(fo.mountpoint, read_ahead);
+    /* A window set by hand holds for every disk. */
+    vmfs_ra_start(fo.mountpoint, read_ahead,
+                  c.read_ahead ? read_ahead : VMFS_SHALLOW_READ_AHEAD);
     tree_prefetch();
     if (fo.singlethread) {
         ret = fuse_session_loop(se);
@@ -386,6 +332,7 @@ int main(int argc, char **argv)
         ret = vmfs_loop(se, threads);
     }
     fuse_session_unmount(se);
+    vmfs_ra_stop();
     guest_shutdown();
     vfmt_bridge_shutdown();
 out_signals:

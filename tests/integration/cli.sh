@@ -176,6 +176,31 @@ if [ "$(id -u)" = 0 ] && [ -d /sys/class/bdi ]; then
     else
         not_ok "vmfs mounts"
     fi
+    # A disk that is mostly holes is opened with the kernel's 128 KiB window
+    # (read ahead past a data extent is zeros a hole-aware copy never
+    # wants); a disk that is mostly data with the deep one.  A window set by
+    # hand holds for both.
+    mkdir -p "$WORK/ra"
+    truncate -s 64M "$WORK/ra/sparse.raw"
+    head -c 1M /dev/urandom | dd of="$WORK/ra/sparse.raw" bs=1M seek=9 conv=notrunc status=none
+    head -c 4M /dev/urandom >"$WORK/ra/dense.raw"
+    # opened_with NAME KB: a read of NAME leaves the window at KB KiB.
+    opened_with() {
+        head -c 4096 "$MNT/$1" >/dev/null || return 1
+        read_ahead_is "$2"
+    }
+    for ra in "":4096:128 read_ahead=1M:1024:1024; do
+        IFS=: read -r opt deep shallow <<<"$ra"
+        if vmfs_mount "$WORK/ra" "$MNT" ${opt:+-o "$opt"}; then
+            check "vmfs ${opt:-(default)}: the mount starts reading ahead $deep KiB" read_ahead_is "$deep"
+            check "vmfs ${opt:-(default)}: a disk mostly holes reads ahead $shallow KiB" opened_with sparse.raw "$shallow"
+            check "vmfs ${opt:-(default)}: a disk mostly data reads ahead $deep KiB" opened_with dense.raw "$deep"
+            check "vmfs ${opt:-(default)}: the sparse disk reads right" same_file "$MNT/sparse.raw" "$WORK/ra/sparse.raw"
+            vmfs_umount "$MNT"
+        else
+            not_ok "vmfs ${opt:-(default)} mounts a directory of raw disks"
+        fi
+    done
     # read_ahead=0 leaves the kernel's window, whatever this kernel's is.
     if vmfs_mount "$SRC" "$MNT" -o read_ahead=0; then
         check "vmfs -o read_ahead=0: reads right" reads_right
