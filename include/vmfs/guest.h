@@ -94,5 +94,8 @@ ssize_t guest_getxattr(struct timg *t, const char *fs, const char *path, const c
  * UUID) and whether it mounted (with the reason when not) — facts known
  * without starting an appliance come from the layout; more once one ran. */
 void guest_report(struct timg *t, struct rep *root);
+/* Goes up whenever what guest_report shows changes: an appliance found
+ * filesystems, mounted one or failed. */
+uint64_t guest_report_version(void);
 
 #endif

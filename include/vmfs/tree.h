@@ -24,6 +24,10 @@ struct tree_opts {
     /* Adds facts of the layers above the tree (guest filesystems) to an
      * image's report, before its problems.  Optional. */
     void (*report_extra)(struct timg *t, struct rep *r);
+    /* A number that changes whenever what report_extra adds may have
+     * changed (for any image): reports made before are made again.
+     * Optional. */
+    uint64_t (*report_extra_version)(void);
 };
 
 /* An opened image (or snapshot view) with its reports, shared by users. */
@@ -35,7 +39,7 @@ struct timg {
     struct vimage *img;
     char *text, *json;        /* rendered lazily, under the tree lock */
     size_t rendered_problems; /* the image's problems when they were */
-    struct old_report *old;   /* earlier renderings: a reader may hold one */
+    uint64_t rendered_extra;  /* and report_extra_version */
     struct vlayout *layout;   /* partitions and LVM, scanned lazily */
     uint64_t *vol_alloc;      /* per volume: data bytes, UINT64_MAX unknown */
     pthread_mutex_t view_lock;/* guards layout and vol_alloc */
@@ -74,8 +78,12 @@ void tree_hold(struct timg *t);
 
 /* The rendered info (json false) or info.json — the image's facts, its
  * layout, report_extra's, its problems: what vmfs-info prints too.  Made
- * again when reads have found new problems since.  Valid while t is held. */
-const char *tree_report(struct timg *t, bool json, size_t *len);
+ * again when reads have found new problems since, or report_extra's facts
+ * have changed.  tree_report_size is its length; tree_report_read copies
+ * up to size bytes from off into buf (the rendering may be replaced as
+ * soon as the call returns) and returns how many. */
+size_t tree_report_size(struct timg *t, bool json);
+size_t tree_report_read(struct timg *t, bool json, void *buf, size_t size, uint64_t off);
 
 /* The partitions and logical volumes of t's disk, scanned on first use;
  * their problems join the image's.  Valid while t is held. */

@@ -271,6 +271,7 @@ int main(int argc, char **argv)
         .uri = uri,
         .open = {.allow_external = c.allow_external, .max_chain = (unsigned)c.max_chain},
         .report_extra = guest_report,
+        .report_extra_version = guest_report_version,
     };
     tree_init(&to);
     struct vmfs_config cfg = {

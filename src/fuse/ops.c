@@ -370,8 +370,7 @@ static int node_attr(uint64_t ino, const struct nodeinfo *n, struct stat *st)
             st->st_mtim.tv_nsec = s->date_nsec;
         }
     } else {
-        size_t len;
-        tree_report(t, n->kind == N_JSON, &len);
+        size_t len = tree_report_size(t, n->kind == N_JSON);
         st->st_mode = S_IFREG | 0444;
         st->st_nlink = 1;
         st->st_size = (off_t)len;
@@ -782,12 +781,10 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         free(buf);
         return;
     }
-    size_t len;
-    const char *s = tree_report(h->view.t, h->kind == N_JSON, &len);
-    if ((uint64_t)off >= len)
-        fuse_reply_buf(req, NULL, 0);
-    else
-        fuse_reply_buf(req, s + off, VMFS_MIN(size, len - (size_t)off));
+    char *buf = xmalloc(size ? size : 1);
+    size_t n = tree_report_read(h->view.t, h->kind == N_JSON, buf, size, (uint64_t)off);
+    fuse_reply_buf(req, buf, n);
+    free(buf);
 }
 
 static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
@@ -807,9 +804,7 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
     if (is_view) {
         size = vview_size(&h->view);
     } else {
-        size_t len;
-        tree_report(h->view.t, h->kind == N_JSON, &len);
-        size = len;
+        size = tree_report_size(h->view.t, h->kind == N_JSON);
     }
     if (off < 0 || (uint64_t)off >= size) {
         fuse_reply_err(req, ENXIO);

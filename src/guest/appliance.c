@@ -494,6 +494,7 @@ static void remember_failure(const struct timg *t, const char *why)
     f->when = g_now();
     f->why = xstrdup(why);
     pthread_mutex_unlock(&reg_lock);
+    g_facts_changed();
 }
 
 /* Stops the idlest appliances beyond max_appliances (reg_lock held). */

@@ -39,6 +39,7 @@ struct view_facts {
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct view_facts views[MAX_VIEWS];
 static uint64_t clock_tick;
+static uint64_t version;                 /* guest_report_version */
 
 /* ---- a small JSON reader for the layout's facts ---- */
 
@@ -444,8 +445,24 @@ void g_facts_store(const struct app *a, const struct gfs *gf)
         set_str(&f->options, gf->options);
         set_str(&f->reason, gf->reason);
         pthread_mutex_unlock((pthread_mutex_t *)&a->lock);
+        version++;
     }
     pthread_mutex_unlock(&lock);
+}
+
+void g_facts_changed(void)
+{
+    pthread_mutex_lock(&lock);
+    version++;
+    pthread_mutex_unlock(&lock);
+}
+
+uint64_t guest_report_version(void)
+{
+    pthread_mutex_lock(&lock);
+    uint64_t v = version;
+    pthread_mutex_unlock(&lock);
+    return v;
 }
 
 void g_facts_shutdown(void)

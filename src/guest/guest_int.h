@@ -313,6 +313,8 @@ void g_static_facts(struct timg *t, const char *name, char **type, char **label,
 int g_static_state(struct timg *t, const char *name);
 /* Remembers what an appliance learnt about filesystem f of its view. */
 void g_facts_store(const struct app *a, const struct gfs *f);
+/* What guest_report shows has changed (guest_report_version). */
+void g_facts_changed(void);
 void g_facts_shutdown(void);
 
 #endif

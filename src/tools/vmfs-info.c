@@ -105,9 +105,11 @@ int main(int argc, char **argv)
     }
     struct timg *t = ret ? NULL : tree_get(path, idx);
     if (t) {
-        size_t len;
-        const char *report = tree_report(t, json, &len);
+        size_t len = tree_report_size(t, json);
+        char *report = xmalloc(len + 1);
+        len = tree_report_read(t, json, report, len, 0);
         fwrite(report, 1, len, stdout);
+        free(report);
         tree_put(t);
     } else if (!ret) {
         fprintf(stderr, "vmfs-info: %s is not a disk image\n", arg);

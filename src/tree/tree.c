@@ -227,20 +227,8 @@ bool tree_is_hidden(const char *dir, const char *name)
     return found;
 }
 
-struct old_report {
-    char *text, *json;
-    struct old_report *next;
-};
-
 static void timg_free(struct timg *t)
 {
-    while (t->old) {
-        struct old_report *o = t->old;
-        t->old = o->next;
-        free(o->text);
-        free(o->json);
-        free(o);
-    }
     vlayout_free(t->layout);
     free(t->vol_alloc);
     pthread_mutex_destroy(&t->view_lock);
@@ -418,8 +406,16 @@ void tree_put(struct timg *t)
     free_list(dead);
 }
 
+static uint64_t extra_version(void)
+{
+    return opts.report_extra_version ? opts.report_extra_version() : 0;
+}
+
 static void render(struct timg *t)
 {
+    /* Before the facts are read: a change while rendering makes the
+     * next reader render again. */
+    uint64_t ver = extra_version();
     struct rep *r = rep_new_object();
     /* Scan first: the scan's problems join the image's list. */
     const struct vlayout *lay = tree_layout(t);   /* its problems first */
@@ -434,39 +430,57 @@ static void render(struct timg *t)
     char *json = rep_to_json(r);
     rep_free(r);
     pthread_mutex_lock(&lock);
-    if (!t->text || np > t->rendered_problems) {
-        if (t->text) {                /* kept: a reader may still use it */
-            struct old_report *o = xcalloc(1, sizeof *o);
-            o->text = t->text;
-            o->json = t->json;
-            o->next = t->old;
-            t->old = o;
-        }
+    if (!t->text || np > t->rendered_problems || ver > t->rendered_extra) {
+        char *old_text = t->text, *old_json = t->json;
         t->text = text;
         t->json = json;
-        t->rendered_problems = np;
-        text = json = NULL;
+        text = old_text;              /* freed below */
+        json = old_json;
+        t->rendered_problems = np;   /* what this one knew: a reader */
+        t->rendered_extra = ver;     /* that knows more renders again */
     }
     pthread_mutex_unlock(&lock);
     free(text);
     free(json);
 }
 
-const char *tree_report(struct timg *t, bool json, size_t *len)
+/* Renders t's report when it is missing or stale (tree lock not held). */
+static void report_fresh(struct timg *t)
 {
-    /* Reads find damage the first rendering did not know of: the report
-     * is made again once the image has recorded more problems. */
+    /* Reads find damage the first rendering did not know of, and an
+     * appliance learns about the guest's filesystems: the report is made
+     * again once the image has recorded more problems or the guest's
+     * facts have changed. */
     size_t np = vimage_problem_count(t->img);
+    uint64_t ver = extra_version();
     pthread_mutex_lock(&lock);
-    bool fresh = t->text != NULL && t->rendered_problems >= np;
+    bool fresh = t->text != NULL && t->rendered_problems >= np && t->rendered_extra >= ver;
     pthread_mutex_unlock(&lock);
     if (!fresh)
         render(t);
+}
+
+size_t tree_report_size(struct timg *t, bool json)
+{
+    report_fresh(t);
+    pthread_mutex_lock(&lock);
+    size_t len = strlen(json ? t->json : t->text);
+    pthread_mutex_unlock(&lock);
+    return len;
+}
+
+size_t tree_report_read(struct timg *t, bool json, void *buf, size_t size, uint64_t off)
+{
+    report_fresh(t);
     pthread_mutex_lock(&lock);
     const char *s = json ? t->json : t->text;
+    size_t len = strlen(s), n = 0;
+    if (off < len) {
+        n = (size_t)VMFS_MIN((uint64_t)size, len - off);
+        memcpy(buf, s + off, n);
+    }
     pthread_mutex_unlock(&lock);
-    *len = strlen(s);
-    return s;
+    return n;
 }
 
 static bool usable_name(const char *s)

@@ -586,6 +586,14 @@ fi
 # snap.qcow2's appliance starts; its hypervisor is stopped (SIGSTOP): the
 # next call must fail with EIO once the call timeout has passed, not hang;
 # the access after that gets a new appliance.
+# Its report, read before, knows the filesystem from its signature only
+# and has not tried it; read again later it must show what the appliance
+# found (reports are made again when the guest's facts change).
+if [ "$MODE" = fuse ]; then
+    greport snap.qcow2 >"$WORK/snap-before.json"
+    check "snap.qcow2's report before any access: not tried yet" \
+        jq_true "$WORK/snap-before.json" '.filesystems[] | select(.view == "disk") | .type == "ext4" and .mounted == null'
+fi
 check "snap.qcow2: the first access starts an appliance" \
     test -n "$(gstat snap.qcow2 disk /keep.txt)"
 hung=$(comm -13 <(echo "$second") <(hypervisors))
@@ -598,6 +606,11 @@ check "the stopped hypervisor was killed" \
     bash -c "! kill -0 $hung 2>/dev/null || ! grep -qs '^State:.*T' /proc/$hung/status"
 check "the next access gets a new appliance and copies the tree" gcopy snap.qcow2 disk "$OUT/snap-now"
 check "snap.qcow2 current: version two" same_tree "$REF/v2" "$OUT/snap-now"
+if [ "$MODE" = fuse ]; then
+    greport snap.qcow2 >"$WORK/snap-after.json"
+    check "snap.qcow2's report now: mounted read-only" \
+        jq_true "$WORK/snap-after.json" '.filesystems[] | select(.view == "disk") | .mounted == true and (.mount_options | test("ro"))'
+fi
 check "snap.qcow2 snapshot first: copies out" gcopy snap.qcow2@first disk "$OUT/snap-first"
 check "snap.qcow2 snapshot first: version one, without new.txt" same_tree "$REF/v1" "$OUT/snap-first"
 # Three views were used (multi.img, snap.qcow2 and its snapshot): the
