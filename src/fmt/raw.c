@@ -41,14 +41,19 @@ static int raw_open(struct vlayer *l)
     return 0;
 }
 
-/* Holes as the source reports them: SEEK_DATA/SEEK_HOLE on a file, block
- * status on an NBD export.  A source that cannot tell is all data. */
-static int raw_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
+static void whole_file(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
 {
     run->len = len;
     run->kind = VRUN_DATA;
     run->src = l->file;
     run->src_off = off;
+}
+
+/* Holes as the source reports them: SEEK_DATA/SEEK_HOLE on a file, block
+ * status on an NBD export.  A source that cannot tell is all data. */
+static int raw_map_alloc(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *run)
+{
+    whole_file(l, off, len, run);
     return vrun_refine_holes(run);
 }
 
@@ -61,10 +66,7 @@ static int raw_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *ru
 {
     if (l->priv == &sparse_file)
         return raw_map_alloc(l, off, len, run);
-    run->len = len;
-    run->kind = VRUN_DATA;
-    run->src = l->file;
-    run->src_off = off;
+    whole_file(l, off, len, run);
     return 0;
 }
 

@@ -40,7 +40,7 @@ struct vmfs_config {
  * for each disk opened, deep or shallow by its share of data.  deep 0 leaves
  * the kernel's window alone. */
 void vmfs_ra_start(const char *mountpoint, size_t deep, size_t shallow);
-void vmfs_ra_open(uint64_t size, uint64_t allocated);
+void vmfs_ra_open(const struct vview *v);
 void vmfs_ra_stop(void);
 
 extern const struct fuse_lowlevel_ops vmfs_ops;

@@ -685,7 +685,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     if ((kind == N_DISK || kind == N_VOL) && cfg.direct_io)
         fi->direct_io = 1;
     else if (kind == N_DISK || kind == N_VOL)
-        vmfs_ra_open(vview_size(&h->view), vview_allocated(&h->view));
+        vmfs_ra_open(&h->view);
     /* A report is made anew when its image changes and its size with it:
      * reads must not stop at a size the kernel remembers. */
     if (kind == N_INFO || kind == N_JSON)

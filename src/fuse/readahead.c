@@ -30,7 +30,6 @@ static pthread_mutex_t ra_lock = PTHREAD_MUTEX_INITIALIZER;
 static int ra_fd = -1;             /* the sysfs file, once the mount answers */
 static size_t ra_cur;              /* what it holds */
 static size_t ra_deep, ra_shallow;
-static bool ra_started;
 
 static void ra_write(size_t bytes)
 {
@@ -43,38 +42,31 @@ static void ra_write(size_t bytes)
                  strerror(errno));
 }
 
-struct ra_job {
-    char *mountpoint;
-};
-
 static void *ra_thread(void *arg)
 {
-    struct ra_job *j = arg;
+    char *mountpoint = arg;
     struct stat mst, pst;
-    char *parent = xasprintf("%s/..", j->mountpoint);
-    if (stat(j->mountpoint, &mst) == 0 && stat(parent, &pst) == 0 && mst.st_dev != pst.st_dev) {
+    char *parent = xasprintf("%s/..", mountpoint);
+    if (stat(mountpoint, &mst) == 0 && stat(parent, &pst) == 0 && mst.st_dev != pst.st_dev) {
         char *path = xasprintf("/sys/class/bdi/%u:%u/read_ahead_kb", major(mst.st_dev),
                                minor(mst.st_dev));
         int fd = open(path, O_WRONLY | O_CLOEXEC);
         if (fd < 0) {
             vmfs_log(VMFS_LOG_DEBUG, "read-ahead of %s left as the kernel set it: %s: %s",
-                     j->mountpoint, path, strerror(errno));
+                     mountpoint, path, strerror(errno));
         } else {
             pthread_mutex_lock(&ra_lock);
-            if (ra_fd >= 0)
-                close(ra_fd);
             ra_fd = fd;
             ra_write(ra_deep);
             size_t deep = ra_deep, shallow = ra_shallow;
             pthread_mutex_unlock(&ra_lock);
             vmfs_log(VMFS_LOG_DEBUG, "read-ahead of %s: %zu KiB, %zu KiB for disks mostly holes",
-                     j->mountpoint, deep >> 10, shallow >> 10);
+                     mountpoint, deep >> 10, shallow >> 10);
         }
         free(path);
     }
     free(parent);
-    free(j->mountpoint);
-    free(j);
+    free(mountpoint);
     return NULL;
 }
 
@@ -85,28 +77,30 @@ void vmfs_ra_start(const char *mountpoint, size_t deep, size_t shallow)
     pthread_mutex_lock(&ra_lock);
     ra_deep = deep;
     ra_shallow = shallow ? shallow : deep;
-    ra_started = true;
     pthread_mutex_unlock(&ra_lock);
     /* The mount answers only once the session loop runs: wait for it on a
      * thread of its own. */
-    struct ra_job *j = xmalloc(sizeof *j);
-    j->mountpoint = xstrdup(mountpoint);
+    char *arg = xstrdup(mountpoint);
     pthread_t t;
     pthread_attr_t a;
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &a, ra_thread, j) != 0) {
-        free(j->mountpoint);
-        free(j);
-    }
+    if (pthread_create(&t, &a, ra_thread, arg) != 0)
+        free(arg);
     pthread_attr_destroy(&a);
 }
 
-void vmfs_ra_open(uint64_t size, uint64_t allocated)
+void vmfs_ra_open(const struct vview *v)
 {
     pthread_mutex_lock(&ra_lock);
-    size_t want = allocated < size / 2 ? ra_shallow : ra_deep;
-    if (ra_started && ra_fd >= 0 && ra_cur != want)
+    bool fixed = ra_fd < 0 || ra_shallow == ra_deep;
+    pthread_mutex_unlock(&ra_lock);
+    if (fixed)                /* not root, or a window set by hand */
+        return;
+    bool holes = vview_allocated(v) < vview_size(v) / 2;
+    pthread_mutex_lock(&ra_lock);
+    size_t want = holes ? ra_shallow : ra_deep;
+    if (ra_fd >= 0 && ra_cur != want)
         ra_write(want);
     pthread_mutex_unlock(&ra_lock);
 }
@@ -117,6 +111,5 @@ void vmfs_ra_stop(void)
     if (ra_fd >= 0)
         close(ra_fd);
     ra_fd = -1;
-    ra_started = false;
     pthread_mutex_unlock(&ra_lock);
 }
