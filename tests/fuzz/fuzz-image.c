@@ -23,6 +23,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vmfs/tree.h"
@@ -44,7 +45,8 @@ static uint64_t rnd(void)              /* xorshift64*, reproducible from the see
 
 static uint64_t below(uint64_t n) { return n ? rnd() % n : 0; }
 
-static unsigned long n_open, n_reads, n_failed, n_problems;
+static unsigned long n_open, n_reads, n_failed, n_problems, slowest;
+static double slowest_ms;
 static const char *current;            /* the copy being read, for the alarm */
 
 static void on_alarm(int sig)
@@ -550,6 +552,8 @@ int main(int argc, char **argv)
         char *path = xasprintf("%s/fuzz-%lu%s", dir, i, ext);
         spit(path, work, len);
         current = path;
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         alarm(limit);
         struct timg *t = tree_get(path, -1);
         if (t && i % 8 == 7) {   /* threads first, while every cache is cold */
@@ -571,13 +575,20 @@ int main(int argc, char **argv)
             }
         }
         alarm(0);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+        if (ms > slowest_ms) {
+            slowest_ms = ms;
+            slowest = i;
+        }
         current = NULL;
         unlink(path);
         free(path);
     }
     tree_shutdown();
     printf("fuzz-image: %s: %lu damaged copies, %lu opened, %lu with problems found; "
-           "%lu reads, %lu failed\n", seed, iters, n_open, n_problems, n_reads, n_failed);
+           "%lu reads, %lu failed; slowest copy %.0f ms (#%lu)\n", seed, iters, n_open,
+           n_problems, n_reads, n_failed, slowest_ms, slowest);
     free(seed_path);
     free(orig);
     free(work);
