@@ -6,10 +6,11 @@
  * and stops it too.  The copy being read is left in DIR when it stops, so
  * the case can be replayed with vmfs-info or a mount.
  *
- * Usage: fuzz-image DIR SEED ITERATIONS RANDOM-SEED [SECONDS]
+ * Usage: fuzz-image [-w] DIR SEED ITERATIONS RANDOM-SEED [SECONDS]
  *   DIR   a directory holding SEED (and any backing files it names);
  *         damaged copies are written there as fuzz-N.EXT and removed after
  *   SEED  the image file name inside DIR
+ *   -w    only write the copies and leave them, for a mount to read
  *
  * Reads stay within the first few MiB of each view and a few places further
  * on, so that a damaged size of exabytes costs no more than a small one.
@@ -505,8 +506,13 @@ static void read_image(struct timg *t, uint8_t *buf)
 
 int main(int argc, char **argv)
 {
+    bool write_only = argc > 1 && !strcmp(argv[1], "-w");
+    if (write_only) {
+        argc--;
+        argv++;
+    }
     if (argc < 5 || argc > 6) {
-        fputs("usage: fuzz-image DIR SEED ITERATIONS RANDOM-SEED [SECONDS]\n", stderr);
+        fputs("usage: fuzz-image [-w] DIR SEED ITERATIONS RANDOM-SEED [SECONDS]\n", stderr);
         return 1;
     }
     char *dir = realpath(argv[1], NULL);
@@ -551,6 +557,10 @@ int main(int argc, char **argv)
             fix_checksums(work, len);
         char *path = xasprintf("%s/fuzz-%lu%s", dir, i, ext);
         spit(path, work, len);
+        if (write_only) {
+            free(path);
+            continue;
+        }
         current = path;
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -586,7 +596,10 @@ int main(int argc, char **argv)
         free(path);
     }
     tree_shutdown();
-    printf("fuzz-image: %s: %lu damaged copies, %lu opened, %lu with problems found; "
+    if (write_only)
+        printf("fuzz-image: %s: %lu damaged copies written\n", seed, iters);
+    else
+        printf("fuzz-image: %s: %lu damaged copies, %lu opened, %lu with problems found; "
            "%lu reads, %lu failed; slowest copy %.0f ms (#%lu)\n", seed, iters, n_open,
            n_problems, n_reads, n_failed, slowest_ms, slowest);
     free(seed_path);

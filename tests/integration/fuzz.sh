@@ -14,6 +14,7 @@
 #   FUZZ_SEED        the random seed (default 1)
 #   FUZZ_TIMEOUT     seconds one copy may take (default 30)
 #   FUZZ_KEEP        a directory to copy failing cases into
+#   FUZZ_MOUNTED     damaged copies per seed that a mount serves (default 12)
 # shellcheck source=tests/integration/lib.sh disable=SC1091,SC2317
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/integration/lib.sh"
 
@@ -120,5 +121,69 @@ for d in "$SEEDS"/*.dir; do
         fi
     fi
 done
+
+# The daemon over damaged copies: FUZZ_MOUNTED copies of every seed in one
+# SOURCE (a directory per seed, with the files its seed needs), and every
+# file of the tree read as a user would (the first MiBs, random places,
+# SEEK_DATA/SEEK_HOLE) except fs/, which would start guest appliances.
+# Reads may fail with EIO, nothing else; the daemon must answer every one,
+# stay up and unmount cleanly with nothing in its log from the sanitizers.
+if [ -c /dev/fuse ] && [ -r /dev/fuse ] && [ -w /dev/fuse ] && command -v fusermount3 >/dev/null; then
+    MANY=$WORK/many
+    NMOUNT=${FUZZ_MOUNTED:-12}
+    for d in "$SEEDS"/*.dir; do
+        name=$(basename "$d" .dir)
+        mkdir -p "$MANY/$name"
+        cp -a "$d"/. "$MANY/$name/"
+        "$FUZZ" -w "$MANY/$name" "$name" "$NMOUNT" $((SEED + 1)) >/dev/null 2>&1 ||
+            hard_error "writing damaged copies of $name"
+    done
+    vmfs_mount "$MANY" "$WORK/mnt" || hard_error "mount"
+    PID=$VMFS_PID
+    cat >"$WORK/walk.py" <<'PY'
+import errno, os, random, sys
+random.seed(int(sys.argv[2]))
+files = reads = failed = seeks = 0
+for top, dirs, names in os.walk(sys.argv[1]):
+    dirs[:] = [d for d in dirs if d != "fs"]
+    for n in names:
+        p = os.path.join(top, n)
+        files += 1
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError as e:
+            sys.exit("%s: open: %s" % (p, e))
+        size = os.fstat(fd).st_size
+        spots = [(o, 1 << 20) for o in range(0, min(size, 4 << 20), 1 << 20)]
+        spots += [(random.randrange(size), random.randint(1, 1 << 17)) for _ in range(8) if size]
+        for off, n in spots:
+            reads += 1
+            try:
+                os.pread(fd, n, off)
+            except OSError as e:
+                if e.errno != errno.EIO:
+                    sys.exit("%s: read at %d: %s" % (p, off, e))
+                failed += 1
+        off = 0
+        for _ in range(256):
+            try:
+                off = os.lseek(fd, os.lseek(fd, off, os.SEEK_DATA), os.SEEK_HOLE)
+                seeks += 1
+            except OSError:
+                break
+        os.close(fd)
+print("%d files, %d reads, %d failed with an error, %d data runs found"
+      % (files, reads, failed, seeks))
+PY
+    if out=$(t python3 "$WORK/walk.py" "$WORK/mnt" "$SEED" 2>&1); then
+        ok "mounted: $(ls "$MANY" | wc -l) directories of damaged copies walked: $out"
+    else
+        not_ok "walking the mount of damaged copies: ${out:0:300}"
+    fi
+    check "the daemon is still up after the walk" kill -0 "$PID"
+    check "the daemon unmounts cleanly, no sanitizer report" vmfs_umount "$WORK/mnt"
+else
+    echo "note: no usable /dev/fuse here, so the damaged copies were not mounted"
+fi
 
 finish
