@@ -175,8 +175,12 @@ for top, dirs, names in os.walk(sys.argv[1]):
 print("%d files, %d reads, %d failed with an error, %d data runs found"
       % (files, reads, failed, seeks))
 PY
-    if out=$(t python3 "$WORK/walk.py" "$WORK/mnt" "$SEED" 2>&1); then
+    out=$(t python3 "$WORK/walk.py" "$WORK/mnt" "$SEED" 2>&1)
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
         ok "mounted: $(ls "$MANY" | wc -l) directories of damaged copies walked: $out"
+    elif [ "$rc" -eq 124 ]; then
+        not_ok "walking the mount of damaged copies took over $TMO s (VMFS_TEST_TIMEOUT)"
     else
         not_ok "walking the mount of damaged copies: ${out:0:300}"
     fi
