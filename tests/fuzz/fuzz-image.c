@@ -27,7 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fmt/vhdx.h"
 #include "vmfs/tree.h"
+#include "vol/vol_internal.h"
 
 #define READ_CHUNK (64u << 10)
 #define READ_HEAD ((uint64_t)4 << 20)   /* bytes read from the start of a view */
@@ -118,8 +120,6 @@ static void mark(uint64_t off, size_t len)
         marks[nmarks++] = off;
 }
 
-static uint64_t get_be(const uint8_t *p, int n);
-static uint64_t get_le(const uint8_t *p, int n);
 
 static void find_marks(const uint8_t *b, size_t len)
 {
@@ -131,21 +131,21 @@ static void find_marks(const uint8_t *b, size_t len)
             if (!memcmp(b + at, magic[k], strlen(magic[k])))
                 mark(at, len);
     if (len >= 72 && !memcmp(b, "QFI\xfb", 4)) {       /* qcow2: L1, refcounts, snapshots */
-        uint64_t l1 = get_be(b + 40, 8), l1n = get_be(b + 36, 4);
+        uint64_t l1 = get_be64(b + 40), l1n = get_be32(b + 36);
         mark(l1, len);
-        mark(get_be(b + 48, 8), len);
-        mark(get_be(b + 64, 8), len);
+        mark(get_be64(b + 48), len);
+        mark(get_be64(b + 64), len);
         for (uint64_t i = 0; i < l1n && i < 64 && l1 + 8 * i + 8 <= len; i++)
-            mark(get_be(b + l1 + 8 * i, 8) & 0x00fffffffffffe00ull, len);
+            mark(get_be64(b + l1 + 8 * i) & 0x00fffffffffffe00ull, len);
     }
     if (len >= 64 && !memcmp(b, "KDMV", 4)) {          /* VMDK: grain directories */
-        mark(get_le(b + 48, 8) * 512, len);
-        mark(get_le(b + 56, 8) * 512, len);
+        mark(get_le64(b + 48) * 512, len);
+        mark(get_le64(b + 56) * 512, len);
     }
-    if (len >= 0x160 && get_le(b + 0x40, 4) == 0xbeda107f)  /* VDI: the block map */
-        mark(get_le(b + 0x158, 4), len);
+    if (len >= 0x160 && get_le32(b + 0x40) == 0xbeda107f)  /* VDI: the block map */
+        mark(get_le32(b + 0x158), len);
     if (len >= 40 && !memcmp(b, "QED", 3))             /* QED: the L1 table */
-        mark(get_le(b + 32, 8), len);
+        mark(get_le64(b + 32), len);
 }
 
 /* One to eight changes; offsets favour the first 64 KiB, where headers and
@@ -221,45 +221,9 @@ static void count_read(int r)
  * by its checksum, which keeps the parser behind it out of reach.  So for
  * most copies the checksums are recomputed after the damage. */
 
-static uint32_t crc_table(uint32_t poly, int i)
-{
-    uint32_t c = (uint32_t)i;
-    for (int k = 0; k < 8; k++)
-        c = c & 1 ? poly ^ (c >> 1) : c >> 1;
-    return c;
-}
-
-static uint32_t crc_update(uint32_t poly, uint32_t c, const uint8_t *p, size_t n)
-{
-    static uint32_t t32[256], t32c[256];
-    uint32_t *t = poly == 0xedb88320u ? t32 : t32c;
-    if (!t[1])
-        for (int i = 0; i < 256; i++)
-            t[i] = crc_table(poly, i);
-    while (n--)
-        c = t[(c ^ *p++) & 0xff] ^ (c >> 8);
-    return c;
-}
-
-static uint32_t crc32_ieee(const uint8_t *p, size_t n) { return ~crc_update(0xedb88320u, ~0u, p, n); }
-static uint32_t crc32c(const uint8_t *p, size_t n) { return ~crc_update(0x82f63b78u, ~0u, p, n); }
-static uint32_t crc_lvm(const uint8_t *p, size_t n) { return crc_update(0xedb88320u, 0xf597a6cfu, p, n); }
-
-static uint64_t get_le(const uint8_t *p, int n)
-{
-    uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static uint64_t get_be(const uint8_t *p, int n)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < n; i++)
-        v = v << 8 | p[i];
-    return v;
-}
+/* The checksums are computed as vmfs checks them (vol_internal.h,
+ * vhdx.h); the seed check in main shows they match the seed's writers. */
+static uint32_t crc_lvm(const uint8_t *p, size_t n) { return vol_crc32(LVM_INITIAL_CRC, p, n); }
 
 static void put_le32(uint8_t *p, uint32_t v)
 {
@@ -280,8 +244,7 @@ static void fix_crc32c_at(uint8_t *b, size_t len, uint64_t off, uint64_t n, cons
 {
     if (!fits(len, off, n) || memcmp(b + off, magic, 4))
         return;
-    memset(b + off + 4, 0, 4);
-    put_le32(b + off + 4, crc32c(b + off, (size_t)n));
+    put_le32(b + off + 4, vhdx_struct_crc(b + off, (size_t)n, 4));
 }
 
 static void fix_vhdx(uint8_t *b, size_t len)
@@ -291,10 +254,10 @@ static void fix_vhdx(uint8_t *b, size_t len)
             continue;
         fix_crc32c_at(b, len, h, 4096, "head");
         /* log entries: 4 KiB aligned in [log_offset, + log_length) */
-        uint64_t loff = get_le(b + h + 72, 8), llen = get_le(b + h + 68, 4);
+        uint64_t loff = get_le64(b + h + 72), llen = get_le32(b + h + 68);
         for (uint64_t e = loff; llen <= (1u << 28) && e < loff + llen && fits(len, e, 64);
              e += 4096) {
-            uint64_t elen = get_le(b + e + 8, 4);
+            uint64_t elen = get_le32(b + e + 8);
             if (!memcmp(b + e, "loge", 4) && elen >= 64 && elen <= (1u << 26))
                 fix_crc32c_at(b, len, e, elen, "loge");
         }
@@ -323,7 +286,7 @@ static void fix_vhd(uint8_t *b, size_t len)
     for (int i = 0; i < 2; i++) {
         if (!fits(len, foot[i], 512) || memcmp(b + foot[i], "conectix", 8))
             continue;
-        fix_vhd_sum(b, len, get_be(b + foot[i] + 16, 8), 1024, 36, "cxsparse");
+        fix_vhd_sum(b, len, get_be64(b + foot[i] + 16), 1024, 36, "cxsparse");
         fix_vhd_sum(b, len, foot[i], 512, 64, "conectix");
     }
 }
@@ -335,13 +298,13 @@ static void fix_gpt_at(uint8_t *b, size_t len, uint64_t off, uint64_t ss)
     if (!fits(len, off, 92) || memcmp(b + off, "EFI PART", 8))
         return;
     uint8_t *h = b + off;
-    uint64_t hsize = get_le(h + 12, 4), ent = get_le(h + 72, 8) * ss;
-    uint64_t n = get_le(h + 80, 4), esz = get_le(h + 84, 4);
-    if (n <= 4096 && esz <= 4096 && ent / ss == get_le(h + 72, 8) && fits(len, ent, n * esz))
-        put_le32(h + 88, crc32_ieee(b + ent, (size_t)(n * esz)));
+    uint64_t hsize = get_le32(h + 12), ent = get_le64(h + 72) * ss;
+    uint64_t n = get_le32(h + 80), esz = get_le32(h + 84);
+    if (n <= 4096 && esz <= 4096 && ent / ss == get_le64(h + 72) && fits(len, ent, n * esz))
+        put_le32(h + 88, gpt_crc32(b + ent, (size_t)(n * esz)));
     if (hsize >= 92 && hsize <= ss && fits(len, off, hsize)) {
         memset(h + 16, 0, 4);
-        put_le32(h + 16, crc32_ieee(h, (size_t)hsize));
+        put_le32(h + 16, gpt_crc32(h, (size_t)hsize));
     }
 }
 
@@ -350,7 +313,7 @@ static void fix_gpt(uint8_t *b, size_t len)
     for (uint64_t ss = 512; ss <= 4096; ss *= 8) {
         if (!fits(len, ss, 92) || memcmp(b + ss, "EFI PART", 8))
             continue;
-        uint64_t alt = get_le(b + ss + 32, 8);
+        uint64_t alt = get_le64(b + ss + 32);
         fix_gpt_at(b, len, ss, ss);
         if (alt < UINT64_MAX / ss)
             fix_gpt_at(b, len, alt * ss, ss);
@@ -366,17 +329,17 @@ static void fix_lvm(uint8_t *b, size_t len)
         uint8_t *l = b + at;
         if (memcmp(l, "LABELONE", 8))
             continue;
-        uint64_t pv = at - 512 * (get_le(l + 8, 8) <= 3 ? get_le(l + 8, 8) : 1);
+        uint64_t pv = at - 512 * (get_le64(l + 8) <= 3 ? get_le64(l + 8) : 1);
         if (pv > at)
             pv = at - 512;
-        uint64_t hoff = get_le(l + 20, 4);
+        uint64_t hoff = get_le32(l + 20);
         if (hoff < 32 || hoff > 512 - 40 - 16)
             hoff = 32;
         /* data areas, then metadata areas: (offset, size) lists ending in 0 */
         const uint8_t *d = l + hoff + 40;
         int list = 0;
         for (; d + 16 <= l + 512 && list < 2; d += 16) {
-            uint64_t o = get_le(d, 8), sz = get_le(d + 8, 8);
+            uint64_t o = get_le64(d), sz = get_le64(d + 8);
             if (!o) {
                 list++;
                 continue;
@@ -387,7 +350,7 @@ static void fix_lvm(uint8_t *b, size_t len)
             if (memcmp(m + 4, " LVM2 x[5A%r0N*>", 16))
                 continue;
             for (uint8_t *rl = m + 40; rl + 24 <= m + 512; rl += 24) {
-                uint64_t toff = get_le(rl, 8), tlen = get_le(rl + 8, 8);
+                uint64_t toff = get_le64(rl), tlen = get_le64(rl + 8);
                 if (!toff)
                     break;
                 if (fits(len, pv + o + toff, tlen) && toff + tlen <= sz && tlen <= (1u << 24))
