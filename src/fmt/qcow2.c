@@ -892,10 +892,21 @@ static uint64_t zero_entries(const uint8_t *slice, uint64_t i, uint64_t per, siz
     return i - start;
 }
 
+/* Whether entry is a compressed cluster whose data start inside the file:
+ * what compressed_piece accepts. */
+static bool compressed_ok(const struct qcow2 *q, uint64_t entry)
+{
+    uint64_t coff, clen;
+    if (!(entry & QCOW2_OFLAG_COMPRESSED))
+        return false;
+    qcow2_compressed(q->g.cluster_bits, entry, &coff, &clen);
+    return coff < q->l->file->size;
+}
+
 /* Where the run of guest cluster ci (entry, classified t, host offset
  * host) ends within its slice, up to end: the entries after it that are
- * the same kind, data contiguous in the data file.  One step for what
- * would be one piece per cluster. */
+ * the same kind, data contiguous in the data file, compressed data inside
+ * the file.  One step for what would be one piece per cluster. */
 static uint64_t same_run_end(struct qcow2 *q, struct l2cur *c, uint64_t ci, uint64_t entry,
                              enum qcow2_ctype t, uint64_t host, uint64_t end)
 {
@@ -905,8 +916,9 @@ static uint64_t same_run_end(struct qcow2 *q, struct l2cur *c, uint64_t ci, uint
     const uint8_t *e = c->data + (idx + 1) * q->entry_size;
     while (idx + n < per && cstart + n * q->cs < end) {
         uint64_t x = get_be64(e);
-        if (t == QCOW2_DATA ? x != entry + n * q->cs || (x ^ entry) & ~QCOW2_L2E_OFFSET_MASK
-                            : x != entry)
+        if (t == QCOW2_DATA        ? x != entry + n * q->cs || (x ^ entry) & ~QCOW2_L2E_OFFSET_MASK
+            : t == QCOW2_COMPRESSED ? !compressed_ok(q, x)
+                                    : x != entry)
             break;
         n++;
         e += q->entry_size;
@@ -947,7 +959,8 @@ static void cluster_piece(struct qcow2 *q, struct l2cur *c, uint64_t l2off,
     }
     uint64_t from = cstart, to = cend;
     enum qcow2_ctype t = qcow2_classify(&q->g, cstart, entry, bitmap, 0, &host, &why);
-    if (!q->g.ext_l2 && (t == QCOW2_DATA || t == QCOW2_ZERO))
+    if ((!q->g.ext_l2 && (t == QCOW2_DATA || t == QCOW2_ZERO)) ||
+        (t == QCOW2_COMPRESSED && compressed_ok(q, entry)))
         to = same_run_end(q, c, ci, entry, t, host, end);
     if (q->g.ext_l2 && t != QCOW2_COMPRESSED && t != QCOW2_INVALID) {
         unsigned sc = (unsigned)((pos - cstart) >> q->sc_bits), sc_end = sc + 1;

@@ -863,6 +863,39 @@ START_TEST(test_compressed_batch)
 }
 END_TEST
 
+/* Compressed clusters in a row map as one run, in one step per table;
+ * the run ends at one whose data would start past the end of the file,
+ * which alone is an error, and the next run starts after it. */
+START_TEST(test_compressed_runs)
+{
+    struct qb *b = qb_new_compressed(false, 1 << 20);
+    for (uint64_t i = 0; i < 4; i++)
+        qb_compressed(b, i << 16, (uint8_t)(0x60 + i));
+    qb_l2(b, 4 << 16);
+    qb_set(b, 4 << 16, QCOW2_OFLAG_COMPRESSED | 1ull << 40, 0);
+    for (uint64_t i = 5; i < 7; i++)
+        qb_compressed(b, i << 16, (uint8_t)(0x60 + i));
+    qb_data(b, 7 << 16, 0x67);
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    unit_run_at(img, 0, b->vsize, VRUN_DECODE, 4 << 16);
+    unit_run_at(img, 0x1234, b->vsize - 0x1234, VRUN_DECODE, (4 << 16) - 0x1234);
+    unit_run_at(img, 4 << 16, b->vsize - (4 << 16), VRUN_ERROR, 1 << 16);
+    unit_run_at(img, 5 << 16, b->vsize - (5 << 16), VRUN_DECODE, 2 << 16);
+    unit_run_at(img, 6 << 16, 0x800, VRUN_DECODE, 0x800);
+    unit_check_range(img, b->exp, 0, 4 << 16);
+    unit_check_range(img, b->exp, 5 << 16, 3 << 16);
+    ck_assert_int_eq(unit_read_err(img, 0, 5 << 16), -EIO);
+    ck_assert_int_eq(unit_read_err(img, (4 << 16) + 0x800, 4096), -EIO);
+    ck_assert(unit_has_problem(img, "lies past the end of the file"));
+    ck_assert_uint_eq(unit_nproblems(img), 1);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
 /* Many 512-byte clusters in a row: more than one batch per read. */
 START_TEST(test_compressed_small_clusters)
 {
@@ -1456,6 +1489,7 @@ static Suite *qcow2_suite(void)
     tcase_add_test(t, test_subclusters);
     tcase_add_loop_test(t, test_compressed, 0, 2);
     tcase_add_loop_test(t, test_compressed_batch, 0, 2);
+    tcase_add_test(t, test_compressed_runs);
     tcase_add_test(t, test_compressed_small_clusters);
     tcase_add_loop_test(t, test_compressed_threads, 0, 2);
     tcase_add_test(t, test_unknown_feature);
