@@ -279,6 +279,16 @@ static bool gt_lookup(struct vmdk *v, struct cursor *c, struct vext *x, uint64_t
 }
 
 /* The grain table entry of grain gr (index in the extent). */
+/* What a grain table entry says of its grain. */
+static enum gstate gte_state(const struct vsparse *sp, uint32_t gte)
+{
+    if (gte == 0)
+        return G_UNALLOC;
+    if (gte == VMDK_GTE_ZEROED && sp->zero_grain)
+        return G_ZERO;
+    return sp->compressed ? G_COMPRESSED : G_DATA;
+}
+
 static enum gstate grain_lookup(struct vmdk *v, struct cursor *c, struct vext *x, uint64_t gr,
                                 uint32_t *gte)
 {
@@ -297,11 +307,32 @@ static enum gstate grain_lookup(struct vmdk *v, struct cursor *c, struct vext *x
         return G_BAD;
     }
     *gte = get_le32(c->gt.data + (gr % sp->h.gtes) * 4);
-    if (*gte == 0)
-        return G_UNALLOC;
-    if (*gte == VMDK_GTE_ZEROED && sp->zero_grain)
-        return G_ZERO;
-    return sp->compressed ? G_COMPRESSED : G_DATA;
+    return gte_state(sp, *gte);
+}
+
+/* How many grains from gr on (at least 1, at most max, all in gr's grain
+ * table, which c holds) are like gr, state s and entry gte: unallocated or
+ * zero alike, compressed grains whose data start inside the file, data
+ * grains that follow one another in the file.  One step for what would be
+ * one piece per grain. */
+static uint64_t same_grains(struct cursor *c, struct vext *x, uint64_t gr, enum gstate s,
+                            uint32_t gte, uint64_t max)
+{
+    struct vsparse *sp = x->sp;
+    uint64_t idx = gr % sp->h.gtes, n = 1;
+    uint64_t gsec = sp->grain_bytes / VMDK_SECTOR;
+    max = VMFS_MIN(max, sp->h.gtes - idx);
+    const uint8_t *e = c->gt.data + (idx + 1) * 4;
+    for (; n < max; n++, e += 4) {
+        uint32_t g = get_le32(e);
+        if (gte_state(sp, g) != s)
+            break;
+        if (s == G_DATA && (uint64_t)g != gte + n * gsec)
+            break;
+        if (s == G_COMPRESSED && (uint64_t)g * VMDK_SECTOR >= x->src->size)
+            break;
+    }
+    return n;
 }
 
 /* ------------------------------------------------------------------------
@@ -380,7 +411,17 @@ static void sparse_piece(struct vmdk *v, struct cursor *c, struct vext *x, uint6
     uint64_t gend = VMFS_MIN(stop, pos + (sp->grain_bytes - in));
     uint64_t span_end = VMFS_MIN(stop, x->start + (gr / sp->h.gtes + 1) * sp->span);
     uint32_t gte = 0;
-    switch (grain_lookup(v, c, x, gr, &gte)) {
+    enum gstate s = grain_lookup(v, c, x, gr, &gte);
+    if (s != G_NOTABLE && s != G_BAD &&
+        (s != G_COMPRESSED || (uint64_t)gte * VMDK_SECTOR < x->src->size)) {
+        uint64_t grains = (stop - x->start - 1) / sp->grain_bytes + 1 - gr;
+        uint64_t n = same_grains(c, x, gr, s, gte, grains);
+        uint64_t run_end = VMFS_MIN(stop, x->start + (gr + n) * sp->grain_bytes);
+        /* A data run that leaves the file is judged grain by grain. */
+        if (s != G_DATA || range_in((uint64_t)gte * VMDK_SECTOR + in, run_end - pos, x->src->size))
+            gend = run_end;
+    }
+    switch (s) {
     case G_NOTABLE:
         piece_set(p, VRUN_BACKING, span_end - pos);
         return;

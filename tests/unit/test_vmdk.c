@@ -688,6 +688,94 @@ START_TEST(grain_past_eof_fails_alone)
 }
 END_TEST
 
+/* Sets the entry of grain i in the first grain table. */
+static void sb_set_gte(struct sb *b, unsigned i, uint32_t val)
+{
+    uint64_t gt = get_le32(b->f.d + b->gd_sector * SEC) * (uint64_t)SEC;
+    unit_put_le(&b->f, gt + 4 * i, val, 4);
+}
+
+/* Grains alike in a row map as one run, in one step per grain table: data
+ * back to back in the file, zeroed, unallocated.  A run ends at a table's
+ * end, and a data run whose tail leaves the file is judged grain by
+ * grain. */
+START_TEST(grain_runs)
+{
+    struct sb b;
+    sb_init(&b, 128, 8, 8);
+    b.flags |= VMDK4_FLAG_ZERO_GRAIN;
+    enum gk k[] = {G_DATA, G_DATA, G_DATA, G_DATA, G_ZERO, G_ZERO, G_NONE, G_NONE,
+                   G_NONE, G_DATA, G_DATA};
+    sb_build(&b, k, VMFS_ARRAY_SIZE(k));
+    uint8_t *exp = expect(&b, k, VMFS_ARRAY_SIZE(k), NULL);
+    char *path = write_sb(&b);
+    struct vimage *img = open_img(path);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    check_disk(img, exp, 128 * SEC);
+    uint64_t size = 128 * SEC;
+    unit_run_at(img, 0, size, VRUN_DATA, 4 * 4096);
+    unit_run_at(img, 100, size - 100, VRUN_DATA, 4 * 4096 - 100);
+    unit_run_at(img, 4096, 2 * 4096 + 10, VRUN_DATA, 2 * 4096 + 10);
+    unit_run_at(img, 4 * 4096, size - 4 * 4096, VRUN_ZERO, 2 * 4096);
+    unit_run_at(img, 6 * 4096, size - 6 * 4096, VRUN_BACKING, 3 * 4096);
+    unit_run_at(img, 9 * 4096, size - 9 * 4096, VRUN_DATA, 2 * 4096);
+    ck_assert_uint_eq(vimage_allocated(img), 6 * 4096);
+    vimage_unref(img);
+    unlink_free(path);
+
+    /* Grain 1 holds the file's last grain; grains 2 and 3 would follow it
+     * past the end. */
+    sb_init(&b, 128, 8, 8);
+    sb_build(&b, k, 4);
+    uint32_t last = (uint32_t)(b.f.len / SEC - 8);
+    sb_set_gte(&b, 1, last);
+    sb_set_gte(&b, 2, last + 8);
+    sb_set_gte(&b, 3, last + 16);
+    path = write_sb(&b);
+    img = open_img(path);
+    unit_run_at(img, 0, size, VRUN_DATA, 4096);
+    unit_run_at(img, 4096, size - 4096, VRUN_DATA, 4096);
+    unit_run_at(img, 2 * 4096, size - 2 * 4096, VRUN_ERROR, 2 * 4096);
+    unit_run_at(img, 3 * 4096, size - 3 * 4096, VRUN_ERROR, 4096);
+    ck_assert_int_eq(unit_read_err(img, 0, 2 * 4096), 0);
+    ck_assert_int_eq(unit_read_err(img, 4096, 2 * 4096), -EIO);
+    ck_assert(unit_has_problem(img, "lies past the end of the file"));
+    vimage_unref(img);
+    free(exp);
+    unlink_free(path);
+}
+END_TEST
+
+/* Compressed grains in a row are one run; one whose data would start past
+ * the end of the file ends it and fails alone. */
+START_TEST(compressed_grain_runs)
+{
+    struct sb b;
+    sb_init(&b, 64, 16, 8);
+    b.version = 3;
+    b.compress = VMDK_COMPRESS_DEFLATE;
+    b.flags |= VMDK4_FLAG_COMPRESSED | VMDK4_FLAG_MARKERS;
+    enum gk k[] = {G_COMP, G_COMP, G_COMP, G_COMP};
+    sb_build(&b, k, VMFS_ARRAY_SIZE(k));
+    uint8_t *exp = expect(&b, k, VMFS_ARRAY_SIZE(k), NULL);
+    sb_set_gte(&b, 2, 0x00ffffff);
+    char *path = write_sb(&b);
+    struct vimage *img = open_img(path);
+    uint64_t g = 16 * SEC, size = 64 * SEC;
+    unit_run_at(img, 0, size, VRUN_DECODE, 2 * g);
+    unit_run_at(img, 2 * g, size - 2 * g, VRUN_ERROR, g);
+    unit_run_at(img, 3 * g, size - 3 * g, VRUN_DECODE, g);
+    unit_check_range(img, exp, 0, 2 * g);
+    unit_check_range(img, exp, 3 * g, g);
+    ck_assert_int_eq(unit_read_err(img, 2 * g + 100, 100), -EIO);
+    ck_assert(unit_has_problem(img, "lies past the end of the file"));
+    ck_assert_uint_eq(unit_nproblems(img), 1);
+    vimage_unref(img);
+    free(exp);
+    unlink_free(path);
+}
+END_TEST
+
 START_TEST(truncated_file_fails_past_the_cut)
 {
     /* Tables first, grains after them: cut the file in the grains. */
@@ -1195,6 +1283,8 @@ static Suite *suite(void)
     tcase_add_test(t, grain_directory_past_eof);
     tcase_add_test(t, grain_table_past_eof_fails_its_span);
     tcase_add_test(t, grain_past_eof_fails_alone);
+    tcase_add_test(t, grain_runs);
+    tcase_add_test(t, compressed_grain_runs);
     tcase_add_test(t, truncated_file_fails_past_the_cut);
     tcase_add_test(t, tiny_and_empty_files);
     tcase_add_test(t, newline_check_bytes_altered);
