@@ -299,6 +299,31 @@ static void cluster_piece(struct qed *q, uint64_t ci, uint64_t e, uint64_t in,
     }
 }
 
+/* How many clusters from L2 index idx on (entry e, of kind k; at least 1)
+ * in the slice c2 holds are alike: unallocated, zero, or data clusters back
+ * to back inside the file.  One step for what would be one piece each. */
+static uint64_t same_clusters(const struct qed *q, const struct vtab_cur *c2,
+                              const struct vtab *t2, uint64_t idx, uint64_t e,
+                              enum vrun_kind k)
+{
+    const uint8_t *p;
+    uint64_t max = vtab_run(q->l, c2, t2, idx, &p), n = 1;
+    p += 8;
+    if (k == VRUN_BACKING)      /* a sparse table is mostly zeros: 8 at a time */
+        for (uint64_t w[8]; n + 8 <= max; n += 8, p += 64) {
+            memcpy(w, p, sizeof w);
+            if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7])
+                break;
+        }
+    for (; n < max; n++, p += 8) {
+        uint64_t x = get_le64(p);
+        if (k == VRUN_DATA ? x != e + n * q->cs || !cluster_ok(q, x)
+                           : x != (k == VRUN_ZERO ? QED_CLUSTER_ZERO : 0))
+            break;
+    }
+    return n;
+}
+
 /* The piece at pos: a cluster, or the rest of an L1 span that has no (or
  * a damaged) L2 table. */
 static int piece_at(struct qed *q, struct vtab_cur *c1, struct vtab_cur *c2, uint64_t pos,
@@ -325,6 +350,8 @@ static int piece_at(struct qed *q, struct vtab_cur *c1, struct vtab_cur *c2, uin
         return r;
     if (ok) {
         cluster_piece(q, ci, e, in, p);
+        if (p->kind != VRUN_ERROR)
+            p->len += (same_clusters(q, c2, &t2, ci & (q->nelems - 1), e, p->kind) - 1) * q->cs;
     } else {
         p->kind = VRUN_ERROR;
         p->len = q->cs - in;

@@ -67,6 +67,18 @@ int vtab_entry(struct vlayer *l, struct vtab_cur *c, const struct vtab *t, uint6
     return 0;
 }
 
+uint64_t vtab_run(struct vlayer *l, const struct vtab_cur *c, const struct vtab *t, uint64_t idx,
+                  const uint8_t **p)
+{
+    /* vtab_entry checked idx < count and that the entry lies inside the
+     * file: none of this overflows. */
+    uint64_t rel = idx * t->width, pos = t->off + rel;
+    uint64_t n = VMFS_MIN((VTAB_SLICE - rel % VTAB_SLICE) / t->width, t->count - idx);
+    n = VMFS_MIN(n, (l->file->size - pos) / t->width);
+    *p = c->data + rel % VTAB_SLICE;
+    return n;
+}
+
 uint64_t vtab_used(struct vlayer *l, const char *name, uint64_t entries, uint64_t block_size,
                    uint64_t disk_size)
 {

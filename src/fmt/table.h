@@ -56,6 +56,13 @@ struct vtab {
 int vtab_entry(struct vlayer *l, struct vtab_cur *c, const struct vtab *t, uint64_t idx,
                uint64_t *e, bool *ok);
 
+/* After vtab_entry read entry idx through c: *p points at it in the held
+ * slice; returns how many entries from idx on (at least 1) lie in that
+ * slice, below t->count and inside the file, for a driver that walks on
+ * through alike entries without a call per entry. */
+uint64_t vtab_run(struct vlayer *l, const struct vtab_cur *c, const struct vtab *t, uint64_t idx,
+                  const uint8_t **p);
+
 /* How many entries of a table of `entries` the disk uses, one per block
  * of block_size bytes (a power of two) of a disk_size-byte disk.  A table
  * too short for the disk is reported as "the NAME has …": reads past its

@@ -1278,6 +1278,49 @@ START_TEST(qed_basic)
 }
 END_TEST
 
+/* Alike clusters in a row are one run, across the slices of a table:
+ * unallocated, zero, data back to back in the file.  Data out of order,
+ * or whose next cluster would lie past the end of the file, ends a run. */
+START_TEST(qed_runs)
+{
+    struct qedb *b = qed_new(16 << 20, 4096, 4);
+    uint64_t cs = 4096;
+    qed_write(b, 0, 3 * cs, 1);                /* clusters 0-2, in a row */
+    qed_write(b, 701 * cs, 10, 2);             /* 701 before 700 */
+    qed_write(b, 700 * cs, 10, 3);
+    qed_zero(b, 900 * cs, 4 * cs);
+    qed_write(b, 1000 * cs, 2 * cs, 4);        /* 1000-1001, the last clusters of the file */
+    char *p = qed_file(b, "runs.qed");
+    struct vimage *img = open_img(p);
+    ck_assert_uint_eq(unit_nproblems(img), 0);
+    unit_check_disk(img, b->exp, b->size);
+    unit_run_at(img, 0, b->size, VRUN_DATA, 3 * cs);
+    unit_run_at(img, 3 * cs, b->size, VRUN_BACKING, 697 * cs);
+    unit_run_at(img, 700 * cs, b->size, VRUN_DATA, cs);
+    unit_run_at(img, 701 * cs, b->size, VRUN_DATA, cs);
+    unit_run_at(img, 702 * cs, b->size, VRUN_BACKING, 198 * cs);
+    unit_run_at(img, 900 * cs, b->size, VRUN_ZERO, 4 * cs);
+    unit_run_at(img, 1000 * cs, b->size, VRUN_DATA, 2 * cs);
+    unit_run_at(img, 1002 * cs, 8 * cs, VRUN_BACKING, 8 * cs);
+    vimage_unref(img);
+    free(p);
+
+    /* Cluster 1002 as if it followed 1001 in the file, which ends first. */
+    uint64_t last = get_le64(b->f.d + l2_slot(b, 1001 * cs));
+    unit_put_le(&b->f, l2_slot(b, 1002 * cs), last + cs, 8);
+    p = qed_file(b, "runs.qed");
+    img = open_img(p);
+    unit_run_at(img, 1000 * cs, b->size, VRUN_DATA, 2 * cs);
+    unit_run_at(img, 1002 * cs, b->size, VRUN_ERROR, cs);
+    ck_assert_int_eq(unit_read_err(img, 1002 * cs, 512), -EIO);
+    unit_check_range(img, b->exp, 990 * cs, 12 * cs);
+    ck_assert(unit_has_problem(img, "is not a cluster inside the file"));
+    vimage_unref(img);
+    qed_free(b);
+    free(p);
+}
+END_TEST
+
 START_TEST(qed_backing_raw_and_probed)
 {
     /* A raw base (the no-probe bit), then a QED base found by probing; a
@@ -1541,6 +1584,7 @@ int main(void)
     add(s, "vdi_huge_counts", vdi_huge_counts);
     add(s, "vdi_differencing", vdi_differencing);
     add(s, "qed_basic", qed_basic);
+    add(s, "qed_runs", qed_runs);
     add(s, "qed_backing_raw_and_probed", qed_backing_raw_and_probed);
     add(s, "qed_over_vhd", qed_over_vhd);
     add(s, "qed_need_check_and_missing_backing", qed_need_check_and_missing_backing);
