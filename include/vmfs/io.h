@@ -70,6 +70,12 @@ struct vsrc *vsrc_new_mem(const void *data, size_t len, bool copy, const char *n
  * or the underlying read comes back short. */
 int vsrc_pread(struct vsrc *s, void *buf, size_t len, uint64_t off);
 
+/* Tells the kernel that [off, off + len) will be read soon, so that the
+ * reads of a walk through many tables go to the disk together rather than
+ * one after the other.  A hint only: nothing for a source that is not a
+ * plain file, nothing said when the kernel refuses. */
+void vsrc_willneed(struct vsrc *s, uint64_t off, uint64_t len);
+
 /* Allocation at off: on return [off, off + *n) (0 < *n <= len) is all data
  * or all hole.  Sources without an extent op, or whose op answers -ENOTSUP,
  * are all data.  Returns 0, or -EIO when the range lies outside the source

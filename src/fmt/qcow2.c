@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <time.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -408,7 +409,9 @@ void qcow2_compressed(unsigned cluster_bits, uint64_t entry, uint64_t *coff,
 #define Q_BULK_BYTES (64u << 10)     /* L2 bytes one read fetches in a walk */
 #define Q_EMPTY_MAX_BITS (1u << 23)  /* slices tracked by the empty bitmap */
 #define Q_MAX_REPORTED 32u           /* distinct problems reported per layer */
-#define Q_DECOMP_KEY (1ull << 63)    /* cache keys of decompressed clusters */
+#define Q_DECOMP_KEY (1ull << 63)
+#define Q_HINT_TABLES 16u            /* L2 tables a waiting walk asks for ahead */
+#define Q_HINT_WAIT_US 30u           /* a read this slow went to the disk */    /* cache keys of decompressed clusters */
 
 /* What a reported problem was about, so that it is reported once. */
 enum q_pkind { P_L1, P_L2READ, P_CLUSTER, P_COMPRESSED };
@@ -452,6 +455,8 @@ struct qcow2 {
                                    cache.  Set atomically; NULL when the
                                    table has too many slices */
     uint64_t empty_bits;
+    uint64_t hinted;            /* L1 entries below this one have had their
+                                   L2 table asked for ahead of a walk */
     bool backing_bad;           /* the backing reference is unreadable:
                                    unallocated clusters are error runs */
 
@@ -651,6 +656,33 @@ static int fill_slice(void *arg, void *buf, size_t size)
     return vsrc_pread(a->file, buf, size, a->off);
 }
 
+/* A walk that had to wait for the disk to read the L2 table of L1 entry
+ * l1i asks the kernel for the tables of the next entries as well: from a
+ * cold disk they then arrive together instead of one wait each.  A walk
+ * over cached tables never waits and asks for nothing. */
+static void hint_tables(struct qcow2 *q, uint64_t l1i)
+{
+    uint64_t end = VMFS_MIN(l1i + 1 + Q_HINT_TABLES, q->l1_avail);
+    uint64_t prev = __atomic_load_n(&q->hinted, __ATOMIC_RELAXED);
+    do {
+        if (prev >= end)
+            return;
+    } while (!__atomic_compare_exchange_n(&q->hinted, &prev, end, false, __ATOMIC_RELAXED,
+                                          __ATOMIC_RELAXED));
+    for (uint64_t i = VMFS_MAX(prev, l1i + 1); i < end; i++) {
+        uint64_t off = q->l1[i] & QCOW2_L1E_OFFSET_MASK;
+        if (off && !(off & (q->cs - 1)) && range_in(off, q->cs, q->l->file->size))
+            vsrc_willneed(q->l->file, off, q->cs);
+    }
+}
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 /* For a walk: reads the slices of an L2 table from the one at host offset
  * key (which holds guest cluster ci) up to Q_BULK_BYTES into this thread's
  * window, in one read, and marks the empty ones.  The walk reads them
@@ -664,9 +696,12 @@ static int window_load(struct qcow2 *q, struct l2win *w, uint64_t ci, uint64_t k
     if (!w->buf)
         w->buf = xmalloc(Q_BULK_BYTES);
     w->owner = 0;
+    uint64_t t0 = now_us();
     int r = vsrc_pread(q->l->file, w->buf, k * size, key);
     if (r < 0)
         return r;
+    if (now_us() - t0 >= Q_HINT_WAIT_US)
+        hint_tables(q, ci >> q->l2_bits);
     for (size_t j = 0; j < k; j++)
         if (all_zero(w->buf + j * size, size))
             mark_empty(q, bit + j);

@@ -278,6 +278,13 @@ int vsrc_pread(struct vsrc *s, void *buf, size_t len, uint64_t off)
     return s->ops->pread(s, buf, len, off);
 }
 
+void vsrc_willneed(struct vsrc *s, uint64_t off, uint64_t len)
+{
+    if (s->fd >= 0 && len && range_in(off, len, s->size) && off <= INT64_MAX &&
+        len <= INT64_MAX)
+        (void)posix_fadvise(s->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
+}
+
 int vsrc_extent(struct vsrc *s, uint64_t off, uint64_t len, bool *data, uint64_t *n)
 {
     if (len == 0 || !range_in(off, len, s->size))
