@@ -80,6 +80,9 @@ void vmfs_log_use_syslog(const char *ident);
 void vmfs_log_set_debug(bool on);
 void vmfs_log(enum vmfs_log_level lvl, const char *fmt, ...) VMFS_PRINTF(2, 3);
 
+/* Nanoseconds on the monotonic clock, for timeouts and durations. */
+uint64_t vmfs_now_ns(void);
+
 /* Human-readable size, e.g. "2.0 GiB"; buf must hold 32 bytes. */
 const char *vmfs_human_size(uint64_t bytes, char buf[32]);
 

@@ -92,13 +92,6 @@ struct bridge {
 static pthread_mutex_t bridges_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct bridge *bridges;
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void sleep_ms(unsigned ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
@@ -453,12 +446,12 @@ static void server_stop(struct bridge *b)
         return;
     }
     kill(b->pid, SIGTERM);
-    uint64_t deadline = now_ns() + STOP_MS * 1000000ull;
+    uint64_t deadline = vmfs_now_ns() + STOP_MS * 1000000ull;
     for (;;) {
         pid_t r = waitpid(b->pid, NULL, WNOHANG);
         if (r != 0)
             break;
-        if (now_ns() >= deadline) {
+        if (vmfs_now_ns() >= deadline) {
             kill(b->pid, SIGKILL);
             while (waitpid(b->pid, NULL, 0) < 0 && errno == EINTR) {
             }
@@ -522,7 +515,7 @@ static int server_start(struct bridge *b, char **why)
     }
     b->pid = pid;
     b->owner = getpid();
-    uint64_t deadline = now_ns() + START_MS * 1000000ull;
+    uint64_t deadline = vmfs_now_ns() + START_MS * 1000000ull;
     unsigned ms = 2;
     for (;;) {
         int st = -1;
@@ -536,7 +529,7 @@ static int server_start(struct bridge *b, char **why)
         }
         if (socket_ready(b->sock))
             return 0;
-        if (now_ns() >= deadline) {
+        if (vmfs_now_ns() >= deadline) {
             server_stop(b);
             *why = xasprintf("qemu-nbd did not serve it within %u s", START_MS / 1000);
             return -ETIMEDOUT;
@@ -553,11 +546,11 @@ static void bridge_revive(void *ctx)
     struct bridge *b = ctx;
     pthread_mutex_lock(&b->lock);
     int st = -1;
-    if (b->stopped || server_alive(b, &st) || now_ns() < b->next_restart) {
+    if (b->stopped || server_alive(b, &st) || vmfs_now_ns() < b->next_restart) {
         pthread_mutex_unlock(&b->lock);
         return;
     }
-    b->next_restart = now_ns() + RESTART_NS;
+    b->next_restart = vmfs_now_ns() + RESTART_NS;
     if (!b->restart_logged) {
         b->restart_logged = true;
         vmfs_log(VMFS_LOG_WARN, "%s: qemu-nbd stopped serving it (%s %d): starting it again",
@@ -694,7 +687,7 @@ static void bridge_connect(struct vlayer *l, struct bridge *b)
     /* qemu-nbd listens before it opens the image: the export is ready
      * once a handshake goes through, and a qemu-nbd that exits instead
      * has said why in its log. */
-    uint64_t deadline = now_ns() + START_MS * 1000000ull;
+    uint64_t deadline = vmfs_now_ns() + START_MS * 1000000ull;
     int err = 0;
     while (!(b->src = vsrc_open_nbd_ex(b->uri, &o, &err))) {
         pthread_mutex_lock(&b->lock);
@@ -706,7 +699,7 @@ static void bridge_connect(struct vlayer *l, struct bridge *b)
             vlayer_problem(l, "qemu-nbd cannot open it: %s", msg);
             return;
         }
-        if (now_ns() >= deadline) {
+        if (vmfs_now_ns() >= deadline) {
             vlayer_problem(l, "qemu-nbd serves it, but the export cannot be read: %s",
                            strerror(-err));
             return;

@@ -22,7 +22,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <time.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -409,9 +408,9 @@ void qcow2_compressed(unsigned cluster_bits, uint64_t entry, uint64_t *coff,
 #define Q_BULK_BYTES (64u << 10)     /* L2 bytes one read fetches in a walk */
 #define Q_EMPTY_MAX_BITS (1u << 23)  /* slices tracked by the empty bitmap */
 #define Q_MAX_REPORTED 32u           /* distinct problems reported per layer */
-#define Q_DECOMP_KEY (1ull << 63)
+#define Q_DECOMP_KEY (1ull << 63)    /* cache keys of decompressed clusters */
 #define Q_HINT_TABLES 16u            /* L2 tables a waiting walk asks for ahead */
-#define Q_HINT_WAIT_US 30u           /* a read this slow went to the disk */    /* cache keys of decompressed clusters */
+#define Q_HINT_WAIT_NS 30000u        /* a table read this slow went to the disk */
 
 /* What a reported problem was about, so that it is reported once. */
 enum q_pkind { P_L1, P_L2READ, P_CLUSTER, P_COMPRESSED };
@@ -676,13 +675,6 @@ static void hint_tables(struct qcow2 *q, uint64_t l1i)
     }
 }
 
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 /* For a walk: reads the slices of an L2 table from the one at host offset
  * key (which holds guest cluster ci) up to Q_BULK_BYTES into this thread's
  * window, in one read, and marks the empty ones.  The walk reads them
@@ -696,11 +688,11 @@ static int window_load(struct qcow2 *q, struct l2win *w, uint64_t ci, uint64_t k
     if (!w->buf)
         w->buf = xmalloc(Q_BULK_BYTES);
     w->owner = 0;
-    uint64_t t0 = now_us();
+    uint64_t t0 = vmfs_now_ns();
     int r = vsrc_pread(q->l->file, w->buf, k * size, key);
     if (r < 0)
         return r;
-    if (now_us() - t0 >= Q_HINT_WAIT_US)
+    if (vmfs_now_ns() - t0 >= Q_HINT_WAIT_NS)
         hint_tables(q, ci >> q->l2_bits);
     for (size_t j = 0; j < k; j++)
         if (all_zero(w->buf + j * size, size))

@@ -84,9 +84,7 @@ static struct failed {
 
 double g_now(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+    return (double)vmfs_now_ns() / 1e9;
 }
 
 /* opt when set, else the environment variable name, else def. */

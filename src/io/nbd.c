@@ -22,7 +22,6 @@
 #include <stdio.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <time.h>
 
 #include "vmfs/io.h"
 #include "vmfs/lazylib.h"
@@ -108,13 +107,6 @@ struct nsrc {
     bool ext_data[EXT_CACHE];
 };
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* libnbd's errno, or EIO when it gave none. */
 static int nbd_err(void)
 {
@@ -172,7 +164,7 @@ static int wait_cmd(struct nbd_handle *h, int64_t cookie, uint64_t deadline, boo
             *broken = e == ESHUTDOWN || !(nbd_aio_is_ready(h) || nbd_aio_is_processing(h));
             return -e;
         }
-        uint64_t now = now_ns();
+        uint64_t now = vmfs_now_ns();
         if (now >= deadline) {
             *broken = true;
             return -ETIMEDOUT;
@@ -198,13 +190,13 @@ static struct nbd_handle *dial(struct nsrc *ns, unsigned ms, int *err, char *why
     nbd_set_handle_name(h, "vmfs");
     nbd_set_pread_initialize(h, false);   /* every success fills the buffer */
     nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION);
-    uint64_t deadline = now_ns() + (uint64_t)ms * 1000000ull;
+    uint64_t deadline = vmfs_now_ns() + (uint64_t)ms * 1000000ull;
     if (nbd_aio_connect_uri(h, ns->uri) < 0)
         goto fail;
     while (!nbd_aio_is_ready(h)) {
         if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h))
             goto fail;
-        uint64_t now = now_ns();
+        uint64_t now = vmfs_now_ns();
         if (now >= deadline) {
             *err = -ETIMEDOUT;
             snprintf(why, whylen, "no answer within %u ms", ms);
@@ -259,7 +251,7 @@ static void drop(struct nconn *c)
 static int reconnect(struct vsrc *s, struct nconn *c, bool grow)
 {
     struct nsrc *ns = s->priv;
-    if (!grow && now_ns() < atomic_load(&ns->retry_at))
+    if (!grow && vmfs_now_ns() < atomic_load(&ns->retry_at))
         return -EIO;
     char why[256];
     int err = 0;
@@ -282,7 +274,7 @@ static int reconnect(struct vsrc *s, struct nconn *c, bool grow)
             nbd_close(h);
         if (grow)
             return -EAGAIN;
-        atomic_store(&ns->retry_at, now_ns() + RETRY_NS);
+        atomic_store(&ns->retry_at, vmfs_now_ns() + RETRY_NS);
         mark_down(ns, why);
         return -EIO;
     }
@@ -405,7 +397,7 @@ static int read_one(struct nbd_handle *h, void *p, size_t len, uint64_t off, boo
         *broken = !(nbd_aio_is_ready(h) || nbd_aio_is_processing(h));
         return *broken ? -nbd_err() : -EIO;
     }
-    int r = wait_cmd(h, cookie, now_ns() + IO_MS * 1000000ull, broken);
+    int r = wait_cmd(h, cookie, vmfs_now_ns() + IO_MS * 1000000ull, broken);
     return r < 0 && !*broken ? -EIO : r;
 }
 
@@ -423,7 +415,7 @@ static int read_pipelined(struct nsrc *ns, struct nbd_handle *h, char *p, size_t
     unsigned head = 0, n = 0;
     size_t pos = 0;
     int r = 0;
-    uint64_t deadline = now_ns() + IO_MS * 1000000ull;
+    uint64_t deadline = vmfs_now_ns() + IO_MS * 1000000ull;
     while ((pos < len && r == 0) || n > 0) {
         while (pos < len && r == 0 && n < VMFS_ARRAY_SIZE(cookies)) {
             size_t k = VMFS_MIN(piece, len - pos);
@@ -539,7 +531,7 @@ static int status_cmd(struct nsrc *ns, struct nbd_handle *h, void *arg, bool *br
         *broken = !(nbd_aio_is_ready(h) || nbd_aio_is_processing(h));
         return -nbd_err();
     }
-    return wait_cmd(h, cookie, now_ns() + IO_MS * 1000000ull, broken);
+    return wait_cmd(h, cookie, vmfs_now_ns() + IO_MS * 1000000ull, broken);
 }
 
 /* Answers from the runs of the last reply when they cover off. */

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <syslog.h>
+#include <time.h>
 
 #include "vmfs/common.h"
 
@@ -88,6 +89,13 @@ void vmfs_log(enum vmfs_log_level lvl, const char *fmt, ...)
         pthread_mutex_unlock(&log_lock);
     }
     va_end(ap);
+}
+
+uint64_t vmfs_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 const char *vmfs_human_size(uint64_t bytes, char buf[32])
