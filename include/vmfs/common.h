@@ -63,6 +63,20 @@ static inline bool range_in(uint64_t off, uint64_t len, uint64_t size)
     return off <= size && len <= size - off;
 }
 
+/* Whether the n bytes at p (n a multiple of 64) are all zero, 64 at a
+ * time: for tables that are mostly zeros. */
+static inline bool all_zero64(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i += 64) {
+        uint64_t w[8];
+        memcpy(w, b + i, sizeof w);
+        if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7])
+            return false;
+    }
+    return true;
+}
+
 static inline bool is_pow2_u64(uint64_t v) { return v && !(v & (v - 1)); }
 
 /* Allocation that aborts on exhaustion: out of memory is not an image

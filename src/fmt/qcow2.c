@@ -632,18 +632,6 @@ static void mark_empty(struct qcow2 *q, uint64_t bit)
         __atomic_fetch_or(&q->empty[bit >> 6], 1ull << (bit & 63), __ATOMIC_RELAXED);
 }
 
-/* n is a multiple of 64 (slices are at least 512 bytes). */
-static bool all_zero(const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i += 64) {
-        uint64_t w[8];
-        memcpy(w, p + i, sizeof w);
-        if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7])
-            return false;
-    }
-    return true;
-}
-
 struct slice_fill {
     struct vsrc *file;
     uint64_t off;
@@ -695,7 +683,7 @@ static int window_load(struct qcow2 *q, struct l2win *w, uint64_t ci, uint64_t k
     if (vmfs_now_ns() - t0 >= Q_HINT_WAIT_NS)
         hint_tables(q, ci >> q->l2_bits);
     for (size_t j = 0; j < k; j++)
-        if (all_zero(w->buf + j * size, size))
+        if (all_zero64(w->buf + j * size, size))
             mark_empty(q, bit + j);
     w->owner = q->l->cache_owner;
     w->key = key;
@@ -737,7 +725,7 @@ static int slice_get(struct qcow2 *q, struct l2cur *c, uint64_t ci, uint64_t key
         return r;
     }
     c->data = data;
-    if (all_zero(data, q->slice_size))
+    if (all_zero64(data, q->slice_size))
         mark_empty(q, bit);
     return 0;
 }
@@ -911,7 +899,7 @@ static uint64_t zero_entries(const uint8_t *slice, uint64_t i, uint64_t per, siz
     while (i < per && i % block && entry_is_zero(slice + i * size, size))
         i++;
     if (i < per && i % block == 0) {
-        while (i + block <= per && all_zero(slice + i * size, 64))
+        while (i + block <= per && all_zero64(slice + i * size, 64))
             i += block;
         while (i < per && entry_is_zero(slice + i * size, size))
             i++;

@@ -310,11 +310,8 @@ static uint64_t same_clusters(const struct qed *q, const struct vtab_cur *c2,
     uint64_t max = vtab_run(q->l, c2, t2, idx, &p), n = 1;
     p += 8;
     if (k == VRUN_BACKING)      /* a sparse table is mostly zeros: 8 at a time */
-        for (uint64_t w[8]; n + 8 <= max; n += 8, p += 64) {
-            memcpy(w, p, sizeof w);
-            if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7])
-                break;
-        }
+        for (; n + 8 <= max && all_zero64(p, 64); n += 8)
+            p += 64;
     for (; n < max; n++, p += 8) {
         uint64_t x = get_le64(p);
         if (k == VRUN_DATA ? x != e + n * q->cs || !cluster_ok(q, x)

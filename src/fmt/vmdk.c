@@ -278,7 +278,6 @@ static bool gt_lookup(struct vmdk *v, struct cursor *c, struct vext *x, uint64_t
     return false;
 }
 
-/* The grain table entry of grain gr (index in the extent). */
 /* What a grain table entry says of its grain. */
 static enum gstate gte_state(const struct vsparse *sp, uint32_t gte)
 {
@@ -289,6 +288,13 @@ static enum gstate gte_state(const struct vsparse *sp, uint32_t gte)
     return sp->compressed ? G_COMPRESSED : G_DATA;
 }
 
+/* Whether a compressed grain's data (at sector gte) start inside the file. */
+static bool comp_in_file(const struct vext *x, uint32_t gte)
+{
+    return (uint64_t)gte * VMDK_SECTOR < x->src->size;
+}
+
+/* The grain table entry of grain gr (index in the extent). */
 static enum gstate grain_lookup(struct vmdk *v, struct cursor *c, struct vext *x, uint64_t gr,
                                 uint32_t *gte)
 {
@@ -329,7 +335,7 @@ static uint64_t same_grains(struct cursor *c, struct vext *x, uint64_t gr, enum 
             break;
         if (s == G_DATA && (uint64_t)g != gte + n * gsec)
             break;
-        if (s == G_COMPRESSED && (uint64_t)g * VMDK_SECTOR >= x->src->size)
+        if (s == G_COMPRESSED && !comp_in_file(x, g))
             break;
     }
     return n;
@@ -392,7 +398,7 @@ static void grain_problem(struct vmdk *v, struct vext *x, uint64_t gr, const cha
 static void compressed_piece(struct vmdk *v, struct vext *x, uint64_t gr, uint32_t gte,
                              uint64_t pos, uint64_t gend, struct piece *p)
 {
-    if ((uint64_t)gte * VMDK_SECTOR >= x->src->size) {
+    if (!comp_in_file(x, gte)) {
         grain_problem(v, x, gr, "lies past the end of the file", gte);
         piece_set(p, VRUN_ERROR, gend - pos);
     } else {
@@ -413,7 +419,7 @@ static void sparse_piece(struct vmdk *v, struct cursor *c, struct vext *x, uint6
     uint32_t gte = 0;
     enum gstate s = grain_lookup(v, c, x, gr, &gte);
     if (s != G_NOTABLE && s != G_BAD &&
-        (s != G_COMPRESSED || (uint64_t)gte * VMDK_SECTOR < x->src->size)) {
+        (s != G_COMPRESSED || comp_in_file(x, gte))) {
         uint64_t grains = (stop - x->start - 1) / sp->grain_bytes + 1 - gr;
         uint64_t n = same_grains(c, x, gr, s, gte, grains);
         uint64_t run_end = VMFS_MIN(stop, x->start + (gr + n) * sp->grain_bytes);
