@@ -48,7 +48,10 @@ void vmfs_ops_init(const struct vmfs_config *cfg);
 void vmfs_ops_shutdown(void);
 
 /* Serves the session until it ends, with up to max_threads workers (0:
- * the default) — see loop.c.  Returns 0, or -1 when no thread started. */
-int vmfs_loop(struct fuse_session *se, unsigned max_threads);
+ * the default) — see loop.c.  started(arg), when given, runs on the
+ * calling thread once the first worker reads.  Returns 0, or -1 when no
+ * thread started. */
+int vmfs_loop(struct fuse_session *se, unsigned max_threads, void (*started)(void *),
+              void *arg);
 
 #endif

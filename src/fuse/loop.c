@@ -119,7 +119,8 @@ static void wait_end(void *arg)
     pthread_mutex_unlock(&l->lock);
 }
 
-int vmfs_loop(struct fuse_session *se, unsigned max_threads)
+int vmfs_loop(struct fuse_session *se, unsigned max_threads, void (*started)(void *),
+              void *arg)
 {
     struct loop l = {.se = se};
     l.max_threads = max_threads ? max_threads : 10;
@@ -138,6 +139,8 @@ int vmfs_loop(struct fuse_session *se, unsigned max_threads)
     add_reader(&l);
     pthread_mutex_unlock(&l.lock);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (started)
+        started(arg);
 
     int ret = l.threads ? 0 : -1;
     /* A signal may land on any thread (libraries start their own): look

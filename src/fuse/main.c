@@ -231,6 +231,20 @@ static int prepare(struct fuse_args *args, struct cmdline *c, struct fuse_cmdlin
     return check_paths(c->source, fo->mountpoint, single);
 }
 
+/* Work that waits for the mount to answer, started once a worker reads. */
+struct background {
+    const char *mountpoint;
+    size_t read_ahead, shallow;
+};
+
+static void start_background(void *arg)
+{
+    const struct background *bg = arg;
+    /* A window set by hand holds for every disk. */
+    vmfs_ra_start(bg->mountpoint, bg->read_ahead, bg->shallow);
+    tree_prefetch();
+}
+
 int main(int argc, char **argv)
 {
     struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -301,11 +315,6 @@ int main(int argc, char **argv)
     fuse_opt_add_arg(&args, fsname);
     free(fsname);
 
-    /* In the foreground there is no fork to lose threads to: the count
-     * ahead starts now and runs while the kernel mounts. */
-    if (fo.foreground)
-        tree_prefetch();
-
     ret = 1;
     struct fuse_session *se = fuse_session_new(&args, &vmfs_ops, sizeof vmfs_ops, NULL);
     if (!se)
@@ -317,20 +326,25 @@ int main(int argc, char **argv)
     if (!fo.foreground)
         vmfs_log_use_syslog("vmfs");
     fuse_daemonize(fo.foreground);
+    /* The kernel holds every request behind the answer to INIT: give it
+     * here, before the threads below are made. */
+    struct fuse_buf init = {.mem = NULL};
+    if (fuse_session_receive_buf(se, &init) > 0)
+        fuse_session_process_buf(se, &init);
+    free(init.mem);
     /* Threads start only now: fork would have lost them. */
     struct guest_opts go = {.idle_timeout = c.idle_timeout};
     guest_init(&go);
-    /* A window set by hand holds for every disk. */
-    vmfs_ra_start(fo.mountpoint, read_ahead,
-                  c.read_ahead ? read_ahead : VMFS_SHALLOW_READ_AHEAD);
-    tree_prefetch();
+    struct background bg = {fo.mountpoint, read_ahead,
+                            c.read_ahead ? read_ahead : VMFS_SHALLOW_READ_AHEAD};
     if (fo.singlethread) {
+        start_background(&bg);
         ret = fuse_session_loop(se);
     } else {
         unsigned threads = fo.max_threads > 0 && fo.max_threads <= 1000 ? fo.max_threads : 0;
         if (!c.max_threads_set)
             threads = default_threads();
-        ret = vmfs_loop(se, threads);
+        ret = vmfs_loop(se, threads, start_background, &bg);
     }
     fuse_session_unmount(se);
     vmfs_ra_stop();
