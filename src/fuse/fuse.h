@@ -49,8 +49,8 @@ void vmfs_ops_shutdown(void);
 
 /* Serves the session until it ends, with up to max_threads workers (0:
  * the default) — see loop.c.  started(arg), when given, runs on the
- * calling thread once the first worker reads.  Returns 0, or -1 when no
- * thread started. */
+ * calling thread once the first worker reads (never when none could be
+ * made).  Returns 0, or -1 when no thread started. */
 int vmfs_loop(struct fuse_session *se, unsigned max_threads, void (*started)(void *),
               void *arg);
 

@@ -139,10 +139,10 @@ int vmfs_loop(struct fuse_session *se, unsigned max_threads, void (*started)(voi
     add_reader(&l);
     pthread_mutex_unlock(&l.lock);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (started)
-        started(arg);
 
     int ret = l.threads ? 0 : -1;
+    if (ret == 0 && started)
+        started(arg);
     /* A signal may land on any thread (libraries start their own): look
      * at the session's state now and then, not only when woken. */
     while (ret == 0 && !fuse_session_exited(se)) {
