@@ -39,6 +39,10 @@ struct vrun {
     struct vsrc *src;   /* VRUN_DATA */
     uint64_t src_off;   /* VRUN_DATA: src_off + len <= src->size, checked */
     int err;            /* VRUN_ERROR: positive errno, normally EIO */
+    /* VRUN_DECODE: the unit (a compressed cluster or grain) that holds the
+     * run's first byte, decoded whole whatever part of it is read; len 0
+     * when the driver does not say. */
+    uint64_t unit_off, unit_len;
 };
 
 struct vopen_opts {

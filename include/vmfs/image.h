@@ -80,6 +80,16 @@ size_t vimage_problems(struct vimage *img, char ***out);
  * Returns 0 or a negative errno; never a short read. */
 int vimage_read(struct vimage *img, void *buf, size_t len, uint64_t off);
 
+/* A unit of the disk decoded whole (a compressed cluster or grain): a read
+ * of part of one has paid for all of it. */
+struct vunit {
+    uint64_t off, len;     /* len 0: none */
+};
+/* vimage_read that also tells, in *unit, the first unit it decoded of
+ * which it read only a part (len 0 when none). */
+int vimage_read_unit(struct vimage *img, void *buf, size_t len, uint64_t off,
+                     struct vunit *unit);
+
 /* A read as segments, so that data in plain files can be spliced rather
  * than copied: each segment is either fd bytes at fd_off or mem bytes. */
 struct vseg {

@@ -96,6 +96,10 @@ struct vview {
 };
 uint64_t vview_size(const struct vview *v);
 int vview_read(const struct vview *v, void *buf, size_t len, uint64_t off);
+/* vview_read that also tells where in the view the first unit lies that
+ * the read decoded whole but read only part of (see vimage_read_unit). */
+int vview_read_unit(const struct vview *v, void *buf, size_t len, uint64_t off,
+                    struct vunit *unit);
 /* Appends the plan of [off, off + len) (see vimage_plan). */
 int vview_plan(const struct vview *v, uint64_t off, size_t len, struct vplan *plan);
 int vview_extent(const struct vview *v, uint64_t off, bool *data, uint64_t *len);

@@ -1086,6 +1086,10 @@ static int map_runs(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *r
         pos += p.len;
     }
     cur_release(&c);
+    if (run->kind == VRUN_DECODE) {
+        run->unit_off = off & ~(q->cs - 1);
+        run->unit_len = VMFS_MIN(q->cs, l->size - run->unit_off);
+    }
     return 0;
 }
 

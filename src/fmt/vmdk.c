@@ -503,6 +503,12 @@ static int vmdk_map(struct vlayer *l, uint64_t off, uint64_t len, struct vrun *r
         pos += p.len;
     }
     cursor_release(&c);
+    if (run->kind == VRUN_DECODE) {       /* only sparse extents decode */
+        struct vext *x = find_ext(v, off);
+        uint64_t gb = x->sp->grain_bytes;
+        run->unit_off = x->start + (off - x->start) / gb * gb;
+        run->unit_len = VMFS_MIN(gb, x->start + x->size - run->unit_off);
+    }
     return 0;
 }
 

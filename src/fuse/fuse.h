@@ -46,6 +46,22 @@ void vmfs_ra_stop(void);
 extern const struct fuse_lowlevel_ops vmfs_ops;
 void vmfs_ops_init(const struct vmfs_config *cfg);
 void vmfs_ops_shutdown(void);
+/* True while the kernel's pages of inode ino are of image generation gen
+ * (no newer opening of the file has replaced them). */
+bool vmfs_ops_serving(fuse_ino_t ino, uint64_t gen);
+
+/* After a small read of [off, off + size) of view v (inode ino) that
+ * decoded all of unit but used only part: queues the rest of the unit for
+ * the kernel's page cache of the file (fill.c).  Stores run on a thread of
+ * their own, made for the first job once vmfs_fill_start has named the
+ * session (after the mount answers), and stopped by vmfs_fill_stop before
+ * the session goes. */
+void vmfs_fill(fuse_ino_t ino, const struct vview *v, const struct vunit *unit,
+               uint64_t off, size_t size);
+void vmfs_fill_start(struct fuse_session *se);
+/* False when the thread could not be stopped: it may still use the
+ * session and the images it holds, which must then be left alone. */
+bool vmfs_fill_stop(void);
 
 /* Serves the session until it ends, with up to max_threads workers (0:
  * the default) — see loop.c.  started(arg), when given, runs on the

@@ -233,6 +233,7 @@ static int prepare(struct fuse_args *args, struct cmdline *c, struct fuse_cmdlin
 
 /* Work that waits for the mount to answer, started once a worker reads. */
 struct background {
+    struct fuse_session *se;
     const char *mountpoint;
     size_t read_ahead, shallow;
 };
@@ -242,6 +243,7 @@ static void start_background(void *arg)
     const struct background *bg = arg;
     /* A window set by hand holds for every disk. */
     vmfs_ra_start(bg->mountpoint, bg->read_ahead, bg->shallow);
+    vmfs_fill_start(bg->se);
     tree_prefetch();
 }
 
@@ -335,7 +337,7 @@ int main(int argc, char **argv)
     /* Threads start only now: fork would have lost them. */
     struct guest_opts go = {.idle_timeout = c.idle_timeout};
     guest_init(&go);
-    struct background bg = {fo.mountpoint, read_ahead,
+    struct background bg = {se, fo.mountpoint, read_ahead,
                             c.read_ahead ? read_ahead : VMFS_SHALLOW_READ_AHEAD};
     if (fo.singlethread) {
         start_background(&bg);
@@ -346,10 +348,15 @@ int main(int argc, char **argv)
             threads = default_threads();
         ret = vmfs_loop(se, threads, start_background, &bg);
     }
+    bool stopped = vmfs_fill_stop();
     fuse_session_unmount(se);
     vmfs_ra_stop();
     guest_shutdown();
     vfmt_bridge_shutdown();
+    if (!stopped) {           /* leave what it may touch as it is */
+        fuse_remove_signal_handlers(se);
+        goto done;
+    }
 out_signals:
     fuse_remove_signal_handlers(se);
 out_session:

@@ -707,7 +707,19 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 #define SMALL_READ (32 * 1024)
 
-static void read_view(fuse_req_t req, const struct vview *v, size_t size, off_t off)
+bool vmfs_ops_serving(fuse_ino_t ino, uint64_t gen)
+{
+    pthread_mutex_lock(&table_lock);
+    struct node *nd = find_ino(ino);
+    bool same = nd && nd->served_gen == gen;
+    pthread_mutex_unlock(&table_lock);
+    return same;
+}
+
+/* fill: the rest of a unit decoded for a small read may go to the page
+ * cache (a reader of the page cache, not one that reads around it). */
+static void read_view(fuse_req_t req, fuse_ino_t ino, const struct vview *v, size_t size,
+                      off_t off, bool fill)
 {
     uint64_t vsize = vview_size(v);
     if ((uint64_t)off >= vsize) {
@@ -718,11 +730,15 @@ static void read_view(fuse_req_t req, const struct vview *v, size_t size, off_t 
     if (size <= SMALL_READ) {
         /* Small reads: one copy and one reply beat the splice dance. */
         char buf[SMALL_READ];
-        int r = vview_read(v, buf, size, (uint64_t)off);
-        if (r < 0)
+        struct vunit unit;
+        int r = vview_read_unit(v, buf, size, (uint64_t)off, &unit);
+        if (r < 0) {
             fuse_reply_err(req, -r);
-        else
-            fuse_reply_buf(req, buf, size);
+            return;
+        }
+        fuse_reply_buf(req, buf, size);
+        if (unit.len && fill)
+            vmfs_fill(ino, v, &unit, (uint64_t)off, size);
         return;
     }
     struct vplan plan = VPLAN_INIT;
@@ -768,7 +784,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
     if (h->kind == N_DISK || h->kind == N_VOL) {
-        read_view(req, &h->view, size, off);
+        read_view(req, ino, &h->view, size, off, !cfg.direct_io && !(fi->flags & O_DIRECT));
         return;
     }
     if (h->kind == N_FS) {

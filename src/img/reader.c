@@ -70,9 +70,31 @@ static int check_range(struct vimage *img, uint64_t off, size_t len)
 
 int vimage_read(struct vimage *img, void *buf, size_t len, uint64_t off)
 {
+    return vimage_read_unit(img, buf, len, off, NULL);
+}
+
+/* The unit of run (met at off, read up to end) when the read covers only
+ * part of it. */
+static void note_unit(const struct vimage *img, const struct vrun *run, uint64_t off,
+                      uint64_t end, struct vunit *unit)
+{
+    if (!unit || unit->len || run->kind != VRUN_DECODE || run->unit_len == 0 ||
+        run->unit_off > off || off - run->unit_off >= run->unit_len ||
+        !range_in(run->unit_off, run->unit_len, img->size))
+        return;                   /* none wanted, one already, or not said */
+    if (run->unit_off < off || run->unit_off + run->unit_len > end)
+        *unit = (struct vunit){run->unit_off, run->unit_len};
+}
+
+int vimage_read_unit(struct vimage *img, void *buf, size_t len, uint64_t off,
+                     struct vunit *unit)
+{
+    if (unit)
+        *unit = (struct vunit){0, 0};
     int r = check_range(img, off, len);
     if (r < 0)
         return r;
+    uint64_t end = off + len;
     char *p = buf;
     while (len > 0) {
         struct vrun run;
@@ -90,6 +112,8 @@ int vimage_read(struct vimage *img, void *buf, size_t len, uint64_t off)
             break;
         case VRUN_DECODE:
             r = img->layers[li]->drv->decode(img->layers[li], p, n, off);
+            if (r == 0)
+                note_unit(img, &run, off, end, unit);
             break;
         default:
             r = -(run.err ? run.err : EIO);

@@ -71,15 +71,65 @@ static int each_piece(const struct vview *v, uint64_t off, uint64_t len,
     return 0;
 }
 
+struct read_arg {
+    char *buf;
+    uint64_t off;            /* of the read in the view */
+    struct vunit *unit;      /* NULL: not wanted */
+};
+
+/* Where a unit met by a volume's piece (view offset voff, disk offset
+ * disk_off) lies in the volume: as far as the volume maps it contiguously
+ * from its start, or nowhere. */
+static void unit_in_volume(const struct vvolume *vol, uint64_t voff, uint64_t disk_off,
+                           struct vunit *u)
+{
+    uint64_t vs, d, n;
+    if (u->off <= disk_off) {
+        if (disk_off - u->off > voff) {     /* it starts before the volume */
+            u->len = 0;
+            return;
+        }
+        vs = voff - (disk_off - u->off);
+    } else {
+        vs = voff + (u->off - disk_off);
+    }
+    if (vs >= vol->size) {
+        u->len = 0;
+        return;
+    }
+    vvol_map(vol, vs, VMFS_MIN(u->len, vol->size - vs), &d, &n);
+    *u = d == u->off ? (struct vunit){vs, n} : (struct vunit){0, 0};
+}
+
 static int read_piece(const struct vview *v, uint64_t disk_off, uint64_t n, uint64_t done,
                       void *arg)
 {
-    return vimage_read(v->t->img, (char *)arg + done, (size_t)n, disk_off);
+    struct read_arg *a = arg;
+    struct vunit u = {0, 0};
+    bool want = a->unit && a->unit->len == 0;
+    int r = vimage_read_unit(v->t->img, a->buf + done, (size_t)n, disk_off,
+                             want ? &u : NULL);
+    if (r == 0 && u.len) {
+        const struct vvolume *vol = volume(v);
+        if (vol)
+            unit_in_volume(vol, a->off + done, disk_off, &u);
+        *a->unit = u;
+    }
+    return r;
 }
 
 int vview_read(const struct vview *v, void *buf, size_t len, uint64_t off)
 {
-    return each_piece(v, off, len, read_piece, buf);
+    return vview_read_unit(v, buf, len, off, NULL);
+}
+
+int vview_read_unit(const struct vview *v, void *buf, size_t len, uint64_t off,
+                    struct vunit *unit)
+{
+    if (unit)
+        *unit = (struct vunit){0, 0};
+    struct read_arg a = {buf, off, unit};
+    return each_piece(v, off, len, read_piece, &a);
 }
 
 static int plan_piece(const struct vview *v, uint64_t disk_off, uint64_t n, uint64_t done,

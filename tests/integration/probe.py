@@ -26,6 +26,13 @@ K/M/G suffix (powers of 1024) and 0x prefixes.
                                 NPROC processes each pread NREADS random ranges
                                 of FLAT, dropped from the page cache first, and
                                 compare them with REF
+  fill FLAT REF OFF LO HI yes|no
+                                drop FLAT from the page cache, read the page
+                                at OFF as a random reader would (FLAT equals
+                                REF there), then: yes, every page of [LO, HI)
+                                comes into the page cache within 10 s and
+                                then reads as REF; no, none but the one read
+                                does within a second
   mkraw FILE SIZE [OFF:LEN:FILL]...
                                 create a sparse raw file; FILL is a byte (0xNN),
                                 "rand" (seeded by the offset) or "text"
@@ -39,6 +46,7 @@ K/M/G suffix (powers of 1024) and 0x prefixes.
                                 holding GUEST_OFF with bytes no decoder accepts
 """
 
+import ctypes
 import errno
 import json
 import multiprocessing
@@ -46,6 +54,7 @@ import os
 import random
 import struct
 import sys
+import time
 
 CHUNK = 1 << 20
 
@@ -361,6 +370,71 @@ def cmd_parallel(args):
     rep.exit()
 
 
+PAGE = 4096
+
+
+def resident_pages(fd, lo, hi):
+    """Which pages of [lo, hi) of fd are in the page cache (mincore)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    length = hi - lo
+    addr = libc.mmap(None, length, 1, 1, fd, lo)      # PROT_READ, MAP_SHARED
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap failed")
+    try:
+        vec = ctypes.create_string_buffer((length + PAGE - 1) // PAGE)
+        if libc.mincore(addr, length, vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore failed")
+        return [lo + i * PAGE for i, b in enumerate(vec.raw) if b & 1]
+    finally:
+        libc.munmap(addr, length)
+
+
+def cmd_fill(args):
+    flat, ref = args[0], args[1]
+    off, lo, hi = num(args[2]), num(args[3]), num(args[4])
+    want = args[5] == "yes"
+    rep = Report()
+    fd = os.open(flat, os.O_RDONLY)
+    rfd = os.open(ref, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    before = resident_pages(fd, lo, hi)
+    if before:
+        rep.bad("%s: %d pages of [%d, %d) still cached after POSIX_FADV_DONTNEED"
+                % (flat, len(before), lo, hi))
+        rep.exit()
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)   # no read-ahead: one page asked
+    if os.pread(fd, PAGE, off) != os.pread(rfd, PAGE, off):
+        rep.bad("%s: the page at %d differs from the reference" % (flat, off))
+    deadline = time.monotonic() + (10 if want else 1)
+    others = []
+    while time.monotonic() < deadline:
+        res = resident_pages(fd, lo, hi)
+        others = [p for p in res if p != off - off % PAGE]
+        if want and len(res) == (hi - lo) // PAGE:
+            break
+        time.sleep(0.02)
+    if want:
+        missing = (hi - lo) // PAGE - len(resident_pages(fd, lo, hi))
+        if missing:
+            rep.bad("%s: %d pages of [%d, %d) not in the page cache after a read at %d"
+                    % (flat, missing, lo, hi, off))
+        got, exp = read_range(fd, lo, hi - lo), read_range(rfd, lo, hi - lo)
+        if got != exp:
+            rep.bad("%s: [%d, %d) from the page cache differs from the reference, first at +%d"
+                    % (flat, lo, hi, first_diff(got, exp)))
+    elif others:
+        rep.bad("%s: %d pages of [%d, %d) besides the one read came into the page cache"
+                % (flat, len(others), lo, hi))
+    os.close(fd)
+    os.close(rfd)
+    rep.exit()
+
+
 def fill_bytes(fill, off, length):
     if fill == "rand":
         return random.Random(off).randbytes(length)
@@ -505,7 +579,7 @@ def cmd_qcow2_corrupt_compressed(args):
 COMMANDS = {
     "extents": (cmd_extents, 1), "holes": (cmd_holes, 3), "sparse": (cmd_sparse, 1), "same": (cmd_same, 2),
     "erofs": (cmd_erofs, 2), "ranges": (cmd_ranges, -3), "parallel": (cmd_parallel, 5),
-    "mkraw": (cmd_mkraw, -2), "qcow2-header": (cmd_qcow2_header, 1),
+    "fill": (cmd_fill, 6), "mkraw": (cmd_mkraw, -2), "qcow2-header": (cmd_qcow2_header, 1),
     "qcow2-poke": (cmd_qcow2_poke, 4), "qcow2-l1": (cmd_qcow2_l1, -2),
     "qcow2-l2": (cmd_qcow2_l2, -2), "qcow2-host": (cmd_qcow2_host, 2),
     "qcow2-corrupt-compressed": (cmd_qcow2_corrupt_compressed, 2),

@@ -90,6 +90,16 @@ newc zlib-c512.qcow2 compression_type=zlib,cluster_size=512
 newc v2-zlib.qcow2 compat=0.10
 newc xl2-zstd.qcow2 compression_type=zstd,extended_l2=on
 
+# A compressed base under an overlay of 4 KiB clusters that rewrites parts
+# of one of its compressed clusters.
+mkdir -p "$SRC/fill"
+qemu-img convert -c -f raw -O qcow2 "$WORK/mixed.raw" "$SRC/fill/base.qcow2" ||
+    hard_error "qemu-img convert -c fill/base.qcow2"
+(cd "$SRC/fill" && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 -o cluster_size=4096 \
+    top.qcow2 && qemu-io -f qcow2 -c "write -P 0x77 80K 4K" -c "write -P 0x78 104000 100" \
+    top.qcow2 >/dev/null) || hard_error "creating fill/top.qcow2"
+ref_raw "$SRC/fill/top.qcow2" "$REF/fill-top" || hard_error "qemu-img convert fill/top.qcow2"
+
 RAW=(disk.img whole.raw cd.iso sda.dd empty.img)
 { probe mkraw "$SRC/disk.img" 8M 0:4K:0x11 1048589:100000:rand 5M:1M:text 8388607:1:0x7e &&
     probe mkraw "$SRC/whole.raw" 1M 0:1M:rand &&
@@ -158,6 +168,20 @@ for img in "${QCOW2[@]}"; do
         "qcow2.extended_l2 $x" ".qcow2.extended_l2 == $x" \
         "qcow2.data_file" "$df" \
         "no backing chain, no snapshots" '.backing_chain == [] and .snapshots == []'
+done
+
+# A small read of a compressed cluster decodes all of it: the rest goes to
+# the page cache, read through the chain as any read is; nothing more is
+# stored for plain clusters or clusters no larger than a page.
+for img in zlib.qcow2 zstd.qcow2 xl2-zstd.qcow2 v2-zlib.qcow2; do
+    check "$img: a page read from a compressed cluster brings the cluster into the page cache" \
+        probe fill "$MNT/$img" "$REF/$img" 72K 64K 128K yes
+done
+check "fill/top.qcow2: the cluster of its compressed base comes into the page cache as the chain reads" \
+    probe fill "$MNT/fill/top.qcow2" "$REF/fill-top" 72K 64K 128K yes
+for img in zlib-c4k.qcow2 zlib-c512.qcow2 v3-c65536.qcow2; do
+    check "$img: a page read brings no other page into the page cache" \
+        probe fill "$MNT/$img" "$REF/$img" 72K 64K 128K no
 done
 
 check "writes to a flat file and mkdir/create in the root fail with EROFS" \

@@ -147,6 +147,13 @@ truncate -s 40M "$SRC/pastend.img"
 
 vmfs_mount "$SRC" "$MNT" || hard_error "mount"
 
+# gptz: a compressed qcow2 whose one partition holds text.
+{ probe mkraw "$REF/gptz.img" 4M 0:4M:text &&
+    printf 'label: gpt\nstart=2048, size=2M, type=L\n' | sfdisk -q "$REF/gptz.img" &&
+    qemu-img convert -c -f raw -O qcow2 "$REF/gptz.img" "$SRC/gptz.qcow2" &&
+    dd if="$REF/gptz.img" of="$REF/gptz-p1" bs=1M skip=1 count=2 status=none; } ||
+    hard_error "building gptz.qcow2"
+
 # ---- checks ------------------------------------------------------------
 
 check_parts "$SRC/mbr.qcow2" "$REF/mbr.img"
@@ -200,6 +207,9 @@ check "pastend: p3 absent" check_absent "$D/p3"
 check "pastend: info.json reports both" jq_true "$D/info.json" \
     '(.problems | any(test("p2 ends"))) and (.problems | any(test("p3 starts"))) and
      (.partitions[2].path == null) and (.partitions[1].beyond_end == true)'
+
+check "gptz: a page read from p1 brings its compressed cluster into p1's page cache" \
+    probe fill "$MNT/gptz.qcow2.d/p1" "$REF/gptz-p1" 72K 64K 128K yes
 
 check "daemon still alive after the damaged tables" daemon_alive
 finish

@@ -896,6 +896,64 @@ START_TEST(test_compressed_runs)
 }
 END_TEST
 
+/* A compressed run names the cluster its first byte is in, and a read the
+ * first cluster it decoded whole but used only part of; the disk's last
+ * cluster, cut short by its end, is a unit that short. */
+START_TEST(test_compressed_units)
+{
+    uint64_t vsize = (3 << 16) + 0x3000;
+    struct qb *b = qb_new_compressed(false, vsize);
+    qb_compressed(b, 0, 0x31);
+    qb_data(b, 1 << 16, 0x32);
+    qb_compressed(b, 2 << 16, 0x33);
+    qb_compressed(b, 3 << 16, 0x34);
+    char *path;
+    struct vimage *img = qb_open(b, &path);
+    ck_assert(!img->top_failed);
+    struct vrun run = unit_run_at(img, 0x1234, vsize - 0x1234, VRUN_DECODE, 0x10000 - 0x1234);
+    ck_assert_uint_eq(run.unit_off, 0);
+    ck_assert_uint_eq(run.unit_len, 1 << 16);
+    run = unit_run_at(img, (2 << 16) + 0x800, vsize - (2 << 16) - 0x800, VRUN_DECODE,
+                      vsize - (2 << 16) - 0x800);
+    ck_assert_uint_eq(run.unit_off, 2 << 16);
+    ck_assert_uint_eq(run.unit_len, 1 << 16);
+    run = unit_run_at(img, (3 << 16) + 0x1000, 0x1000, VRUN_DECODE, 0x1000);
+    ck_assert_uint_eq(run.unit_off, 3 << 16);
+    ck_assert_uint_eq(run.unit_len, 0x3000);
+    run = unit_run_at(img, 1 << 16, 4096, VRUN_DATA, 4096);
+    ck_assert_uint_eq(run.unit_len, 0);
+
+    uint8_t buf[0x20000];
+    struct vunit u;
+    ck_assert_int_eq(vimage_read_unit(img, buf, 4096, 0x2000, &u), 0);
+    ck_assert_mem_eq(buf, b->exp + 0x2000, 4096);
+    ck_assert_uint_eq(u.off, 0);
+    ck_assert_uint_eq(u.len, 1 << 16);
+    /* A whole cluster read, or plain data: nothing decoded was left over. */
+    ck_assert_int_eq(vimage_read_unit(img, buf, 1 << 16, 0, &u), 0);
+    ck_assert_uint_eq(u.len, 0);
+    ck_assert_int_eq(vimage_read_unit(img, buf, 4096, (1 << 16) + 4096, &u), 0);
+    ck_assert_uint_eq(u.len, 0);
+    /* From plain data into a compressed cluster: that one. */
+    ck_assert_int_eq(vimage_read_unit(img, buf, 0x11000, (1 << 16) + 0x1000, &u), 0);
+    ck_assert_mem_eq(buf, b->exp + (1 << 16) + 0x1000, 0x11000);
+    ck_assert_uint_eq(u.off, 2 << 16);
+    ck_assert_uint_eq(u.len, 1 << 16);
+    /* The short last cluster read to the end of the disk: whole. */
+    ck_assert_int_eq(vimage_read_unit(img, buf, 0x3000, 3 << 16, &u), 0);
+    ck_assert_uint_eq(u.len, 0);
+    ck_assert_int_eq(vimage_read_unit(img, buf, 0x1000, (3 << 16) + 0x1000, &u), 0);
+    ck_assert_uint_eq(u.off, 3 << 16);
+    ck_assert_uint_eq(u.len, 0x3000);
+    /* A failed read tells nothing. */
+    ck_assert_int_eq(vimage_read_unit(img, buf, 0x2000, vsize - 0x1000, &u), -EINVAL);
+    ck_assert_uint_eq(u.len, 0);
+    vimage_unref(img);
+    unlink_free(path);
+    qb_free(b);
+}
+END_TEST
+
 /* Many 512-byte clusters in a row: more than one batch per read. */
 START_TEST(test_compressed_small_clusters)
 {
@@ -1490,6 +1548,7 @@ static Suite *qcow2_suite(void)
     tcase_add_loop_test(t, test_compressed, 0, 2);
     tcase_add_loop_test(t, test_compressed_batch, 0, 2);
     tcase_add_test(t, test_compressed_runs);
+    tcase_add_test(t, test_compressed_units);
     tcase_add_test(t, test_compressed_small_clusters);
     tcase_add_loop_test(t, test_compressed_threads, 0, 2);
     tcase_add_test(t, test_unknown_feature);
