@@ -441,6 +441,10 @@ check "sparse: subformat, grain size, header" jq_true "$I" \
      .vmdk.grain_size == 65536 and .vmdk.grain_table_entries == 512 and .status == "ok"'
 check "stream: compression and markers" jq_true "$MNT/stream.vmdk.d/info.json" \
     '.vmdk.create_type == "streamOptimized" and .vmdk.compression == "deflate" and .vmdk.grain_markers'
+check "stream: a page read from a compressed grain brings the grain into the page cache" \
+    probe fill "$MNT/stream.vmdk" "$REF/stream.vmdk" 72K 64K 128K yes
+check "sparse: a page read brings no other page into the page cache" \
+    probe fill "$MNT/sparse.vmdk" "$REF/sparse.vmdk" 72K 64K 128K no
 check "stream-footer: the footer is used" jq_true "$MNT/stream-footer.vmdk.d/info.json" \
     '.vmdk.footer and .status == "ok"'
 check "compat6: hardware version 6" jq_true "$MNT/compat6.vmdk.d/info.json" \
