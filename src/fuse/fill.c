@@ -31,23 +31,17 @@
 #define FILL_MAX ((uint64_t)2 << 20)  /* larger units are left to reads */
 #define FILL_PAGE ((uint64_t)4096)
 
-struct fill_job {
-    fuse_ino_t ino;
-    struct vview view;       /* holds its image */
-    uint64_t off, len;
-};
-
 static struct {
     pthread_mutex_t lock;    /* guards everything below */
     pthread_cond_t wake;
     struct fuse_session *se;
-    struct fill_job q[FILL_QUEUE];
+    struct vmfs_fill_job q[FILL_QUEUE];
     unsigned head, count;
     bool running, stop;
     pthread_t tid;
 } fl = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
-static void store(struct fuse_session *se, const struct fill_job *j, void **buf,
+static void store(struct fuse_session *se, const struct vmfs_fill_job *j, void **buf,
                   size_t *cap)
 {
     if (*cap < j->len) {
@@ -79,7 +73,7 @@ static void *fill_thread(void *arg)
             pthread_cond_wait(&fl.wake, &fl.lock);
         if (fl.stop)
             break;
-        struct fill_job j = fl.q[fl.head];
+        struct vmfs_fill_job j = fl.q[fl.head];
         fl.head = (fl.head + 1) % FILL_QUEUE;
         fl.count--;
         struct fuse_session *se = fl.se;
@@ -131,33 +125,41 @@ bool vmfs_fill_stop(void)
     return true;
 }
 
-void vmfs_fill(fuse_ino_t ino, const struct vview *v, const struct vunit *unit,
-               uint64_t off, size_t size)
+bool vmfs_fill_prepare(struct vmfs_fill_job *j, fuse_ino_t ino, const struct vview *v,
+                       const struct vunit *unit, uint64_t off, size_t size)
 {
     if (unit->len == 0 || unit->len > FILL_MAX)
-        return;
+        return false;
     /* Whole pages of the unit: the kernel takes a page as read only when
      * it is filled from its start to its end (or to the end of the file). */
     uint64_t vsize = vview_size(v);
     uint64_t start = (unit->off + FILL_PAGE - 1) & ~(FILL_PAGE - 1);
     uint64_t end = unit->off + unit->len;
     if (end > vsize)
-        return;
+        return false;
     if (end < vsize)
         end &= ~(FILL_PAGE - 1);
     if (start >= end || (start >= off && end <= off + size))
-        return;                      /* nothing beyond what was read */
+        return false;                /* nothing beyond what was read */
+    *j = (struct vmfs_fill_job){ino, *v, start, end - start};
+    tree_hold(v->t);
+    return true;
+}
+
+void vmfs_fill_queue(struct vmfs_fill_job *j)
+{
     pthread_mutex_lock(&fl.lock);
     /* The thread starts with the first job: a mount without compressed
      * disks never has it. */
     if (fl.se && !fl.running && !fl.stop)
         fl.running = pthread_create(&fl.tid, NULL, fill_thread, NULL) == 0;
-    if (fl.running && !fl.stop && fl.count < FILL_QUEUE) {
-        struct fill_job *j = &fl.q[(fl.head + fl.count) % FILL_QUEUE];
-        *j = (struct fill_job){ino, *v, start, end - start};
-        tree_hold(v->t);
+    bool queued = fl.running && !fl.stop && fl.count < FILL_QUEUE;
+    if (queued) {
+        fl.q[(fl.head + fl.count) % FILL_QUEUE] = *j;
         fl.count++;
         pthread_cond_signal(&fl.wake);
     }
     pthread_mutex_unlock(&fl.lock);
+    if (!queued)
+        tree_put(j->view.t);
 }

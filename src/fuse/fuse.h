@@ -50,14 +50,23 @@ void vmfs_ops_shutdown(void);
  * (no newer opening of the file has replaced them). */
 bool vmfs_ops_serving(fuse_ino_t ino, uint64_t gen);
 
-/* After a small read of [off, off + size) of view v (inode ino) that
- * decoded all of unit but used only part: queues the rest of the unit for
- * the kernel's page cache of the file (fill.c).  Stores run on a thread of
- * their own, made for the first job once vmfs_fill_start has named the
- * session (after the mount answers), and stopped by vmfs_fill_stop before
- * the session goes. */
-void vmfs_fill(fuse_ino_t ino, const struct vview *v, const struct vunit *unit,
-               uint64_t off, size_t size);
+/* The rest of a unit that a small read of [off, off + size) of view v
+ * (inode ino) decoded whole but used only part of, for the kernel's page
+ * cache of the file (fill.c).  vmfs_fill_prepare, before the reply (the
+ * handle holding v may go as soon as the reader has its bytes), takes a
+ * hold on the image and returns true when there is something to store;
+ * vmfs_fill_queue, after the reply, queues the job or drops it.  Stores
+ * run on a thread of their own, made for the first job once
+ * vmfs_fill_start has named the session (after the mount answers), and
+ * stopped by vmfs_fill_stop before the session goes. */
+struct vmfs_fill_job {
+    fuse_ino_t ino;
+    struct vview view;       /* holds its image */
+    uint64_t off, len;
+};
+bool vmfs_fill_prepare(struct vmfs_fill_job *j, fuse_ino_t ino, const struct vview *v,
+                       const struct vunit *unit, uint64_t off, size_t size);
+void vmfs_fill_queue(struct vmfs_fill_job *j);
 void vmfs_fill_start(struct fuse_session *se);
 /* False when the thread could not be stopped: it may still use the
  * session and the images it holds, which must then be left alone. */

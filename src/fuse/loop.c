@@ -137,10 +137,10 @@ int vmfs_loop(struct fuse_session *se, unsigned max_threads, void (*started)(voi
     pthread_sigmask(SIG_BLOCK, &all, &old);
     pthread_mutex_lock(&l.lock);
     add_reader(&l);
+    int ret = l.threads ? 0 : -1;   /* read here: the first worker may add more */
     pthread_mutex_unlock(&l.lock);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
-    int ret = l.threads ? 0 : -1;
     if (ret == 0 && started)
         started(arg);
     /* A signal may land on any thread (libraries start their own): look

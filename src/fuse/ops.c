@@ -736,9 +736,11 @@ static void read_view(fuse_req_t req, fuse_ino_t ino, const struct vview *v, siz
             fuse_reply_err(req, -r);
             return;
         }
+        struct vmfs_fill_job job;
+        fill = fill && unit.len && vmfs_fill_prepare(&job, ino, v, &unit, (uint64_t)off, size);
         fuse_reply_buf(req, buf, size);
-        if (unit.len && fill)
-            vmfs_fill(ino, v, &unit, (uint64_t)off, size);
+        if (fill)
+            vmfs_fill_queue(&job);
         return;
     }
     struct vplan plan = VPLAN_INIT;
