@@ -24,17 +24,18 @@
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "fuse/fuse.h"
 
 #define FILL_QUEUE 32
 #define FILL_MAX ((uint64_t)2 << 20)  /* larger units are left to reads */
-#define FILL_PAGE ((uint64_t)4096)
 
 static struct {
     pthread_mutex_t lock;    /* guards everything below */
     pthread_cond_t wake;
     struct fuse_session *se;
+    uint64_t page;           /* the kernel's page size */
     struct vmfs_fill_job q[FILL_QUEUE];
     unsigned head, count;
     bool running, stop;
@@ -89,7 +90,9 @@ static void *fill_thread(void *arg)
 
 void vmfs_fill_start(struct fuse_session *se)
 {
+    long page = sysconf(_SC_PAGESIZE);
     pthread_mutex_lock(&fl.lock);
+    fl.page = page > 0 && !(page & (page - 1)) ? (uint64_t)page : 4096;
     fl.se = se;
     pthread_mutex_unlock(&fl.lock);
 }
@@ -132,13 +135,16 @@ bool vmfs_fill_prepare(struct vmfs_fill_job *j, fuse_ino_t ino, const struct vvi
         return false;
     /* Whole pages of the unit: the kernel takes a page as read only when
      * it is filled from its start to its end (or to the end of the file). */
+    pthread_mutex_lock(&fl.lock);
+    uint64_t page = fl.page;
+    pthread_mutex_unlock(&fl.lock);
     uint64_t vsize = vview_size(v);
-    uint64_t start = (unit->off + FILL_PAGE - 1) & ~(FILL_PAGE - 1);
     uint64_t end = unit->off + unit->len;
-    if (end > vsize)
-        return false;
+    if (page == 0 || end > vsize)
+        return false;                /* not started, or a unit past the end */
+    uint64_t start = (unit->off + page - 1) & ~(page - 1);
     if (end < vsize)
-        end &= ~(FILL_PAGE - 1);
+        end &= ~(page - 1);
     if (start >= end || (start >= off && end <= off + size))
         return false;                /* nothing beyond what was read */
     *j = (struct vmfs_fill_job){ino, *v, start, end - start};

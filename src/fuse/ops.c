@@ -737,7 +737,7 @@ static void read_view(fuse_req_t req, fuse_ino_t ino, const struct vview *v, siz
             return;
         }
         struct vmfs_fill_job job;
-        fill = fill && unit.len && vmfs_fill_prepare(&job, ino, v, &unit, (uint64_t)off, size);
+        fill = fill && vmfs_fill_prepare(&job, ino, v, &unit, (uint64_t)off, size);
         fuse_reply_buf(req, buf, size);
         if (fill)
             vmfs_fill_queue(&job);

@@ -370,7 +370,7 @@ def cmd_parallel(args):
     rep.exit()
 
 
-PAGE = 4096
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def resident_pages(fd, lo, hi):
